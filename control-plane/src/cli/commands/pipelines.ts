@@ -1,0 +1,4 @@
+import type { Command } from 'commander';
+
+/** Placeholder: the commands of this group are registered here by its module's owner. */
+export function registerPipelineCommands(_program: Command): void {}

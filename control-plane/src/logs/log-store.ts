@@ -1,0 +1,235 @@
+/**
+ * The log store: chunks keyed by (task, sequence), written by a group-commit loop so that
+ * many chunks and results share one durable commit; each is acknowledged only after
+ * that commit returns. A resent chunk hits the primary key and is ignored — harmless.
+ * Live tails subscribe per task and per execution.
+ */
+import { EventEmitter } from 'node:events';
+import { sql } from 'kysely';
+import type { LogChunk, LogLine, TaskResult } from '@ferry/shared';
+import type { Store, Trx } from '../store/db.js';
+import type { Clock } from '../clock.js';
+import type { Logger } from '../logger.js';
+import type { Metrics } from '../metrics.js';
+
+/** A stored line: [stream, epochMs, text]; stream 0 stdout, 1 stderr, 2 delegate/server note. */
+export type StoredLine = [0 | 1 | 2, number, string];
+
+export interface StoredChunk {
+  taskId: string;
+  seq: number;
+  lines: StoredLine[];
+}
+
+/** Server notes sort before (negative) or after (large) every delegate sequence. */
+const NOTE_BEFORE_BASE = -1_000_000_000;
+const NOTE_AFTER_BASE = 1_000_000_000;
+
+export interface ResultApplier {
+  /** Applies a result inside the ingest transaction; returns what to tell the delegate. */
+  applyResult(trx: Trx, delegateId: string, frame: TaskResult): Promise<{ accepted: boolean }>;
+  /** Called after the commit that applied accepted results. */
+  afterResults(results: Array<{ delegateId: string; frame: TaskResult }>): void;
+}
+
+type Pending =
+  | { kind: 'chunk'; delegateId: string; frame: LogChunk; resolve: (ackSeq: number) => void; reject: (e: Error) => void }
+  | { kind: 'result'; delegateId: string; frame: TaskResult; resolve: (ackSeq: number) => void; reject: (e: Error) => void }
+  | { kind: 'note'; taskId: string; text: string; where: 'before' | 'after'; resolve: (ackSeq: number) => void; reject: (e: Error) => void };
+
+export class LogStore {
+  private readonly events = new EventEmitter();
+  private pending: Pending[] = [];
+  private flushing = false;
+  private closed = false;
+  /** highest contiguous durable sequence per task (cache of tasks.last_seq) */
+  private readonly lastSeq = new Map<string, number>();
+  private readonly executionOf = new Map<string, string | null>();
+  private applier: ResultApplier | null = null;
+  private idle: Array<() => void> = [];
+
+  constructor(
+    private readonly store: Store,
+    private readonly clock: Clock,
+    private readonly logger: Logger,
+    private readonly metrics: Metrics,
+  ) {
+    this.events.setMaxListeners(0);
+  }
+
+  setResultApplier(a: ResultApplier): void {
+    this.applier = a;
+  }
+
+  /** Stores a chunk; resolves with the cumulative sequence to acknowledge. */
+  submitChunk(delegateId: string, frame: LogChunk): Promise<number> {
+    return this.enqueue((resolve, reject) => ({ kind: 'chunk', delegateId, frame, resolve, reject }));
+  }
+
+  /** Stores a result (after every chunk submitted before it); resolves with the ack sequence, or -1 if refused. */
+  submitResult(delegateId: string, frame: TaskResult): Promise<number> {
+    return this.enqueue((resolve, reject) => ({ kind: 'result', delegateId, frame, resolve, reject }));
+  }
+
+  /** A line written by the server into a task's log, before or after the delegate's lines. */
+  appendNote(taskId: string, text: string, where: 'before' | 'after' = 'before'): Promise<number> {
+    return this.enqueue((resolve, reject) => ({ kind: 'note', taskId, text, where, resolve, reject }));
+  }
+
+  private enqueue(make: (res: (n: number) => void, rej: (e: Error) => void) => Pending): Promise<number> {
+    if (this.closed) return Promise.reject(new Error('log store closed'));
+    return new Promise<number>((resolve, reject) => {
+      this.pending.push(make(resolve, reject));
+      if (!this.flushing) {
+        this.flushing = true;
+        setImmediate(() => void this.flushLoop());
+      }
+    });
+  }
+
+  /** Resolves when everything submitted so far is durable. */
+  drain(): Promise<void> {
+    if (!this.flushing && this.pending.length === 0) return Promise.resolve();
+    return new Promise((r) => this.idle.push(r));
+  }
+
+  async close(): Promise<void> {
+    await this.drain();
+    this.closed = true;
+  }
+
+  private async flushLoop(): Promise<void> {
+    try {
+      while (this.pending.length > 0) {
+        const batch = this.pending;
+        this.pending = [];
+        await this.flush(batch);
+      }
+    } finally {
+      this.flushing = false;
+      const idle = this.idle;
+      this.idle = [];
+      for (const r of idle) r();
+    }
+  }
+
+  private async loadLastSeq(trx: Trx, taskIds: string[]): Promise<void> {
+    const missing = taskIds.filter((t) => !this.lastSeq.has(t));
+    if (missing.length === 0) return;
+    for (let i = 0; i < missing.length; i += 500) {
+      const rows = await trx.selectFrom('tasks').select(['id', 'last_seq', 'execution_id']).where('id', 'in', missing.slice(i, i + 500)).execute();
+      for (const r of rows) {
+        this.lastSeq.set(r.id, r.last_seq);
+        this.executionOf.set(r.id, r.execution_id);
+      }
+    }
+  }
+
+  private async flush(batch: Pending[]): Promise<void> {
+    const now = this.clock.now();
+    const published: StoredChunk[] = [];
+    const acks = new Map<Pending, number>();
+    const results: Array<{ delegateId: string; frame: TaskResult }> = [];
+    try {
+      await this.store.db.transaction().execute(async (trx) => {
+        const taskIds = [...new Set(batch.map((p) => (p.kind === 'note' ? p.taskId : p.frame.taskId)))];
+        await this.loadLastSeq(trx, taskIds);
+        const rows: Array<{ task_id: string; seq: number; attempt: number; lines: string; line_count: number; created_at: number }> = [];
+        const touched = new Set<string>();
+        // Notes need sequence numbers of their own range.
+        const noteSeq = new Map<string, { before: number; after: number }>();
+        for (const p of batch) {
+          if (p.kind === 'chunk') {
+            const f = p.frame;
+            if (!this.lastSeq.has(f.taskId)) { acks.set(p, -1); continue; } // unknown task: nothing to store
+            const last = this.lastSeq.get(f.taskId)!;
+            if (f.seq <= last) { acks.set(p, last); continue; } // a resend of a stored chunk
+            const lines = f.lines.map((l: LogLine): StoredLine => [l.s, l.t, l.l]);
+            rows.push({ task_id: f.taskId, seq: f.seq, attempt: f.attempt, lines: JSON.stringify(lines), line_count: lines.length, created_at: now });
+            if (f.seq === last + 1) this.lastSeq.set(f.taskId, f.seq);
+            touched.add(f.taskId);
+            published.push({ taskId: f.taskId, seq: f.seq, lines });
+            acks.set(p, this.lastSeq.get(f.taskId)!);
+          } else if (p.kind === 'note') {
+            let ns = noteSeq.get(p.taskId);
+            if (!ns) {
+              const r = await trx.selectFrom('log_chunks').select([
+                sql<number>`min(case when seq < 0 then seq else null end)`.as('lo'),
+                sql<number>`max(case when seq >= ${NOTE_AFTER_BASE} then seq else null end)`.as('hi'),
+              ]).where('task_id', '=', p.taskId).executeTakeFirst();
+              // before-notes count up from the base so they keep their order
+              const beforeCount = await trx.selectFrom('log_chunks').select(sql<number>`count(*)`.as('n')).where('task_id', '=', p.taskId).where('seq', '<', 0).executeTakeFirst();
+              ns = { before: NOTE_BEFORE_BASE + Number(beforeCount?.n ?? 0), after: r?.hi != null ? Number(r.hi) : NOTE_AFTER_BASE };
+              noteSeq.set(p.taskId, ns);
+            }
+            const seq = p.where === 'before' ? ++ns.before : ++ns.after;
+            const lines: StoredLine[] = [[2, now, p.text]];
+            rows.push({ task_id: p.taskId, seq, attempt: 0, lines: JSON.stringify(lines), line_count: 1, created_at: now });
+            published.push({ taskId: p.taskId, seq, lines });
+            if (!this.executionOf.has(p.taskId)) {
+              const t = await trx.selectFrom('tasks').select('execution_id').where('id', '=', p.taskId).executeTakeFirst();
+              this.executionOf.set(p.taskId, t?.execution_id ?? null);
+            }
+            acks.set(p, seq);
+          }
+        }
+        for (let i = 0; i < rows.length; i += 400) {
+          await trx.insertInto('log_chunks').values(rows.slice(i, i + 400)).onConflict((oc) => oc.columns(['task_id', 'seq']).doNothing()).execute();
+        }
+        for (const t of touched) {
+          await trx.updateTable('tasks').set({ last_seq: this.lastSeq.get(t)! }).where('id', '=', t).execute();
+        }
+        for (const p of batch) {
+          if (p.kind !== 'result') continue;
+          const f = p.frame;
+          const last = this.lastSeq.get(f.taskId);
+          if (last === undefined) { acks.set(p, -1); continue; }
+          if (!this.applier) throw new Error('no result applier');
+          const { accepted } = await this.applier.applyResult(trx, p.delegateId, f);
+          if (accepted) {
+            if (f.seq > last) this.lastSeq.set(f.taskId, f.seq);
+            await trx.updateTable('tasks').set({ last_seq: this.lastSeq.get(f.taskId)! }).where('id', '=', f.taskId).execute();
+            results.push({ delegateId: p.delegateId, frame: f });
+          }
+          acks.set(p, accepted ? f.seq : -1);
+        }
+      });
+    } catch (err) {
+      // Roll back the cache: the next resend will be stored.
+      for (const p of batch) if (p.kind !== 'note') this.lastSeq.delete(p.frame.taskId);
+      this.logger.error({ err }, 'log store commit failed');
+      for (const p of batch) p.reject(err as Error);
+      return;
+    }
+    let lineCount = 0;
+    for (const c of published) lineCount += c.lines.length;
+    this.metrics.logLinesStored.inc(lineCount);
+    for (const p of batch) p.resolve(acks.get(p) ?? -1);
+    for (const c of published) {
+      this.events.emit(`task:${c.taskId}`, c);
+      const exec = this.executionOf.get(c.taskId);
+      if (exec) this.events.emit(`exec:${exec}`, c);
+    }
+    if (results.length) {
+      for (const r of results) { this.lastSeq.delete(r.frame.taskId); this.executionOf.delete(r.frame.taskId); }
+      this.applier?.afterResults(results);
+    }
+  }
+
+  /** Chunks of one task in sequence order, optionally after a sequence. */
+  async readTask(taskId: string, afterSeq = Number.MIN_SAFE_INTEGER): Promise<StoredChunk[]> {
+    const rows = await this.store.db.selectFrom('log_chunks').select(['seq', 'lines']).where('task_id', '=', taskId).where('seq', '>', afterSeq).orderBy('seq').execute();
+    return rows.map((r) => ({ taskId, seq: Number(r.seq), lines: JSON.parse(r.lines) as StoredLine[] }));
+  }
+
+  /** Subscribe to chunks of a task (`task:ID`) or of an execution (`exec:ID`). Returns the unsubscribe. */
+  subscribe(channel: string, fn: (c: StoredChunk) => void): () => void {
+    this.events.on(channel, fn);
+    return () => this.events.off(channel, fn);
+  }
+
+  /** The task's execution became known (the engine created the task). */
+  bindExecution(taskId: string, executionId: string): void {
+    this.executionOf.set(taskId, executionId);
+  }
+}

@@ -1,0 +1,22 @@
+/**
+ * Optional modules (engine, rings) attach here so that server.ts stays the same while
+ * they grow. Each returns start/stop hooks.
+ */
+import type { AppContext } from './context.js';
+
+export interface ModuleHandle {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export async function attachModules(_ctx: AppContext): Promise<ModuleHandle> {
+  const started: ModuleHandle[] = [];
+  return {
+    async start() {
+      for (const m of started) await m.start();
+    },
+    async stop() {
+      for (const m of [...started].reverse()) await m.stop();
+    },
+  };
+}

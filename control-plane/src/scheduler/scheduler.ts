@@ -1,0 +1,499 @@
+/**
+ * The agent queue. Tasks wait `queued` until an eligible delegate (same account,
+ * carries every selector tag and required capability, has a free slot) can take them.
+ * Dispatch is pushed: a pass runs the moment a task is queued or a slot frees, never on
+ * a polling interval. A pass picks candidates in memory, claims them in one statement
+ * (claim.ts), commits, then sends `task.assign` with a lease; `task.accept` must come
+ * within the lease or the task returns to the queue with attempt + 1.
+ */
+import { newId, type TaskAssign, type TaskFailure, type TaskResult, type TaskSpec } from '@ferry/shared';
+import type { Store, Trx, Executor } from '../store/db.js';
+import { fromJson, nextSequence, toJson } from '../store/db.js';
+import type { Clock } from '../clock.js';
+import type { Logger } from '../logger.js';
+import type { Metrics } from '../metrics.js';
+import type { SecretBox } from '../store/secrets.js';
+import { readSecrets } from '../store/secrets.js';
+import type { LogStore, ResultApplier } from '../logs/log-store.js';
+import { claimTasks } from './claim.js';
+import type { DispatchTarget, QueueInfo, TaskInput, TaskListener, TaskOutcome } from './types.js';
+
+export interface SchedulerOptions {
+  leaseMs: number;
+  delegateGraceMs: number;
+  killGraceMs?: number;
+  /** how often leases, queue timeouts and lost delegates are checked */
+  sweepMs?: number;
+}
+
+interface QueuedRow {
+  id: string;
+  account_id: string;
+  selectors: string;
+  capabilities: string;
+  queued_at: number;
+}
+
+const DEFAULT_QUEUE_TIMEOUT = 3_600_000;
+
+export class Scheduler implements ResultApplier {
+  private readonly targets = new Map<string, DispatchTarget>();
+  /** tasks assigned or running per delegate (this server's view) */
+  private readonly inFlight = new Map<string, Set<string>>();
+  /** delegates that refused a task: not offered it again for a while */
+  private readonly refusedBy = new Map<string, Set<string>>();
+  private listener: TaskListener | null = null;
+  private passRunning = false;
+  private passAgain = false;
+  private sweepTimer: NodeJS.Timeout | null = null;
+  private stopped = false;
+  private readonly queuedAtMemo = new Map<string, number>();
+
+  constructor(
+    private readonly store: Store,
+    private readonly clock: Clock,
+    private readonly logger: Logger,
+    private readonly metrics: Metrics,
+    private readonly secrets: SecretBox,
+    private readonly logs: LogStore,
+    private readonly opts: SchedulerOptions,
+  ) {
+    logs.setResultApplier(this);
+  }
+
+  setListener(l: TaskListener): void {
+    this.listener = l;
+  }
+
+  start(): void {
+    const every = this.opts.sweepMs ?? Math.max(200, Math.min(1000, Math.floor(this.opts.leaseMs / 4)));
+    this.sweepTimer = setInterval(() => void this.sweep().catch((err) => this.logger.error({ err }, 'scheduler sweep failed')), every);
+    this.sweepTimer.unref();
+    this.wake();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.sweepTimer) clearInterval(this.sweepTimer);
+  }
+
+  // ---- queueing -----------------------------------------------------------------------
+
+  /** Inserts a queued task inside the caller's transaction. Call wake() after the commit. */
+  async enqueue(trx: Executor, t: TaskInput): Promise<void> {
+    const now = this.clock.now();
+    const seq = await nextSequence(trx, 'task_queue');
+    await trx.insertInto('tasks').values({
+      id: t.id,
+      account_id: t.accountId,
+      execution_id: t.executionId,
+      kind: t.kind,
+      spec: toJson(t.spec),
+      env: toJson(t.env),
+      secret_names: toJson(t.secretNames),
+      selectors: toJson(t.selectors),
+      capabilities: toJson(t.capabilities ?? [t.kind]),
+      priority: t.priority ?? 0,
+      status: 'queued',
+      attempt: 1,
+      delegate_id: null,
+      delegate_version: null,
+      lease_expires_at: null,
+      queued_at: now,
+      queue_seq: seq,
+      assigned_at: null,
+      started_at: null,
+      finished_at: null,
+      timeout_ms: t.timeoutMs ?? null,
+      queue_timeout_ms: t.queueTimeoutMs ?? DEFAULT_QUEUE_TIMEOUT,
+      cancel_requested: 0,
+      cancel_reason: null,
+      result: null,
+      last_seq: 0,
+      error_kind: null,
+    }).execute();
+    this.metrics.tasksQueued.inc({ kind: t.kind });
+    if (t.executionId) this.logs.bindExecution(t.id, t.executionId);
+  }
+
+  /** Enqueue in a transaction of its own and dispatch at once (benchmarks, simple callers). */
+  async submit(t: TaskInput): Promise<void> {
+    await this.store.db.transaction().execute((trx) => this.enqueue(trx, t));
+    this.wake();
+  }
+
+  /** Asks for a dispatch pass; coalesced, runs on the next tick. */
+  wake(): void {
+    if (this.stopped) return;
+    if (this.passRunning) {
+      this.passAgain = true;
+      return;
+    }
+    this.passRunning = true;
+    setImmediate(() => void this.runPasses());
+  }
+
+  private async runPasses(): Promise<void> {
+    try {
+      do {
+        this.passAgain = false;
+        await this.pass();
+      } while (this.passAgain && !this.stopped);
+    } catch (err) {
+      this.logger.error({ err }, 'dispatch pass failed');
+    } finally {
+      this.passRunning = false;
+    }
+  }
+
+  private free(t: DispatchTarget): number {
+    return t.accepting ? t.capacity - (this.inFlight.get(t.delegateId)?.size ?? 0) : 0;
+  }
+
+  private async pass(): Promise<void> {
+    const free = new Map<string, number>();
+    let total = 0;
+    for (const t of this.targets.values()) {
+      const f = this.free(t);
+      if (f > 0) { free.set(t.delegateId, f); total += f; }
+    }
+    if (total === 0) return;
+    const accounts = [...new Set([...free.keys()].map((id) => this.targets.get(id)!.accountId))];
+    const rows = (await this.store.db.selectFrom('tasks')
+      .select(['id', 'account_id', 'selectors', 'capabilities', 'queued_at'])
+      .where('status', '=', 'queued').where('account_id', 'in', accounts)
+      .orderBy('priority', 'desc').orderBy('queue_seq')
+      .limit(Math.min(5000, total * 4)).execute()) as QueuedRow[];
+    if (rows.length === 0) return;
+
+    // Pick in memory: FIFO per account, least-loaded eligible delegate first.
+    const plan = new Map<string, string[]>();
+    for (const r of rows) {
+      const selectors = fromJson<string[]>(r.selectors, []);
+      const caps = fromJson<string[]>(r.capabilities, []);
+      const refused = this.refusedBy.get(r.id);
+      let best: DispatchTarget | null = null;
+      let bestFree = 0;
+      for (const [id, f] of free) {
+        if (f <= 0) continue;
+        const t = this.targets.get(id)!;
+        if (t.accountId !== r.account_id || refused?.has(id)) continue;
+        if (!selectors.every((s) => t.tags.has(s)) || !caps.every((c) => t.capabilities.has(c))) continue;
+        const ratio = f / t.capacity;
+        if (!best || ratio > bestFree) { best = t; bestFree = ratio; }
+      }
+      if (!best) continue;
+      free.set(best.delegateId, free.get(best.delegateId)! - 1);
+      const list = plan.get(best.delegateId) ?? [];
+      list.push(r.id);
+      plan.set(best.delegateId, list);
+      this.queuedAtMemo.set(r.id, Number(r.queued_at));
+    }
+    if (plan.size === 0) return;
+
+    const now = this.clock.now();
+    const leaseExpiresAt = now + this.opts.leaseMs;
+    const claimed = new Map<string, Array<{ id: string; attempt: number; queued_at: number }>>();
+    await this.store.db.transaction().execute(async (trx) => {
+      for (const [delegateId, ids] of plan) {
+        const t = this.targets.get(delegateId);
+        if (!t) continue;
+        const got = await claimTasks(trx, this.store.dialect, ids, { delegateId, version: t.version, leaseExpiresAt, now });
+        if (got.length) claimed.set(delegateId, got);
+      }
+    });
+    for (const [delegateId, got] of claimed) {
+      const t = this.targets.get(delegateId);
+      const set = this.inFlight.get(delegateId) ?? new Set<string>();
+      this.inFlight.set(delegateId, set);
+      for (const g of got) set.add(g.id);
+      if (!t) continue; // the session closed meanwhile: the lease will run out and requeue
+      await this.sendAssignments(t, got.map((g) => g.id), now);
+    }
+  }
+
+  private async sendAssignments(t: DispatchTarget, ids: string[], now: number): Promise<void> {
+    const rows = await this.store.db.selectFrom('tasks')
+      .select(['id', 'account_id', 'execution_id', 'attempt', 'spec', 'env', 'secret_names', 'timeout_ms', 'queued_at'])
+      .where('id', 'in', ids).execute();
+    for (const r of rows) {
+      const names = fromJson<string[]>(r.secret_names, []);
+      let secrets: Record<string, string> = {};
+      try {
+        secrets = await readSecrets(this.store.db, this.secrets, r.account_id, names);
+      } catch (err) {
+        this.logger.error({ err, taskId: r.id }, 'secret could not be decrypted');
+      }
+      const frame: TaskAssign = {
+        type: 'task.assign',
+        taskId: r.id,
+        attempt: r.attempt,
+        leaseMs: this.opts.leaseMs,
+        ...(r.execution_id ? { executionId: r.execution_id } : {}),
+        spec: fromJson<TaskSpec>(r.spec, { kind: 'noop' }),
+        env: fromJson<Record<string, string>>(r.env, {}),
+        secrets,
+        ...(r.timeout_ms ? { timeoutMs: Number(r.timeout_ms) } : {}),
+        ...(this.opts.killGraceMs !== undefined ? { killGraceMs: this.opts.killGraceMs } : {}),
+      };
+      t.send(frame);
+      this.metrics.dispatchLatency.observe((now - Number(r.queued_at)) / 1000);
+    }
+  }
+
+  // ---- sessions (called by the gateway) -------------------------------------------------
+
+  /** A delegate session opened: record its tasks in flight and dispatch to it. */
+  async attach(t: DispatchTarget): Promise<void> {
+    this.targets.set(t.delegateId, t);
+    const rows = await this.store.db.selectFrom('tasks').select('id').where('delegate_id', '=', t.delegateId).where('status', 'in', ['assigned', 'running']).execute();
+    this.inFlight.set(t.delegateId, new Set(rows.map((r) => r.id)));
+    this.wake();
+  }
+
+  /** The session closed: not-yet-accepted assignments go back to the queue at once. */
+  async detach(delegateId: string, target: DispatchTarget): Promise<void> {
+    if (this.targets.get(delegateId) !== target) return;
+    this.targets.delete(delegateId);
+    await this.store.db.updateTable('tasks')
+      .set((eb) => ({ status: 'queued', delegate_id: null, delegate_version: null, lease_expires_at: null, attempt: eb('attempt', '+', 1) }))
+      .where('delegate_id', '=', delegateId).where('status', '=', 'assigned').execute();
+    this.wake();
+  }
+
+  target(delegateId: string): DispatchTarget | undefined {
+    return this.targets.get(delegateId);
+  }
+
+  /**
+   * What the server knows of the tasks a (re)connecting delegate reports: the durable
+   * sequence to resume after, and the ones it should drop.
+   */
+  async reconcile(delegateId: string, reported: Array<{ taskId: string; attempt: number }>): Promise<{ acks: Array<{ taskId: string; attempt: number; seq: number }>; forget: string[]; cancel: string[] }> {
+    const ids = reported.map((r) => r.taskId);
+    const rows = ids.length
+      ? await this.store.db.selectFrom('tasks').select(['id', 'status', 'delegate_id', 'last_seq', 'attempt', 'cancel_requested']).where('id', 'in', ids).execute()
+      : [];
+    const byId = new Map(rows.map((r) => [r.id, r]));
+    const acks: Array<{ taskId: string; attempt: number; seq: number }> = [];
+    const forget: string[] = [];
+    const cancel: string[] = [];
+    for (const r of reported) {
+      const row = byId.get(r.taskId);
+      if (!row || row.delegate_id !== delegateId || !['assigned', 'running'].includes(row.status)) {
+        forget.push(r.taskId);
+        continue;
+      }
+      acks.push({ taskId: r.taskId, attempt: r.attempt, seq: row.last_seq });
+      if (row.cancel_requested) cancel.push(r.taskId);
+    }
+    // Tasks the server believes run there but the delegate does not report: it lost them.
+    const held = await this.store.db.selectFrom('tasks').select(['id', 'status']).where('delegate_id', '=', delegateId).where('status', 'in', ['assigned', 'running']).execute();
+    const reportedSet = new Set(ids);
+    const lost = held.filter((h) => !reportedSet.has(h.id));
+    for (const h of lost) {
+      if (h.status === 'assigned') {
+        await this.store.db.updateTable('tasks').set((eb) => ({ status: 'queued', delegate_id: null, delegate_version: null, lease_expires_at: null, attempt: eb('attempt', '+', 1) }))
+          .where('id', '=', h.id).where('status', '=', 'assigned').execute();
+      } else {
+        await this.failTasks([h.id], { kind: 'DelegateLost', message: 'the delegate reconnected without this task (its state was lost)', retryable: true });
+      }
+    }
+    return { acks, forget, cancel };
+  }
+
+  // ---- frames from delegates ---------------------------------------------------------------
+
+  async onAccept(delegateId: string, delegateName: string, taskId: string, attempt: number): Promise<void> {
+    const now = this.clock.now();
+    const r = await this.store.db.updateTable('tasks').set({ status: 'running', started_at: now, lease_expires_at: null })
+      .where('id', '=', taskId).where('delegate_id', '=', delegateId).where('attempt', '=', attempt).where('status', '=', 'assigned')
+      .returning(['execution_id']).executeTakeFirst();
+    if (r) this.listener?.onTaskStarted({ taskId, executionId: r.execution_id, delegateId, delegateName, at: now });
+  }
+
+  async onReject(delegateId: string, taskId: string, attempt: number, reason: string): Promise<void> {
+    const set = this.refusedBy.get(taskId) ?? new Set<string>();
+    set.add(delegateId);
+    this.refusedBy.set(taskId, set);
+    const r = await this.store.db.updateTable('tasks')
+      .set((eb) => ({ status: 'queued', delegate_id: null, delegate_version: null, lease_expires_at: null, attempt: eb('attempt', '+', 1) }))
+      .where('id', '=', taskId).where('delegate_id', '=', delegateId).where('attempt', '=', attempt).where('status', '=', 'assigned')
+      .executeTakeFirst();
+    if (Number(r.numUpdatedRows) > 0) {
+      this.inFlight.get(delegateId)?.delete(taskId);
+      this.logger.info({ taskId, delegateId, reason }, 'task refused by delegate; back in the queue');
+      // Forget refusals after a while: capacity comes back.
+      setTimeout(() => this.refusedBy.get(taskId)?.delete(delegateId), 5000).unref();
+      this.wake();
+    }
+  }
+
+  /** ResultApplier: inside the log store's commit, after every chunk before it. */
+  async applyResult(trx: Trx, delegateId: string, f: TaskResult): Promise<{ accepted: boolean }> {
+    const status = f.status === 'Succeeded' ? 'succeeded' : f.status === 'Canceled' ? 'canceled' : 'failed';
+    const result = { status: f.status, exitCode: f.exitCode, error: f.error, outputs: f.outputs, startedAt: f.startedAt, finishedAt: f.finishedAt, data: f.data };
+    const r = await trx.updateTable('tasks')
+      .set({ status, result: toJson(result), finished_at: this.clock.now(), error_kind: f.error?.kind ?? null, lease_expires_at: null })
+      .where('id', '=', f.taskId).where('delegate_id', '=', delegateId).where('status', 'in', ['assigned', 'running'])
+      .executeTakeFirst();
+    return { accepted: Number(r.numUpdatedRows) > 0 };
+  }
+
+  afterResults(results: Array<{ delegateId: string; frame: TaskResult }>): void {
+    void this.finishAccepted(results).catch((err) => this.logger.error({ err }, 'result delivery failed'));
+  }
+
+  private async finishAccepted(results: Array<{ delegateId: string; frame: TaskResult }>): Promise<void> {
+    const rows = await this.store.db.selectFrom('tasks').select(['id', 'execution_id', 'kind', 'delegate_version', 'started_at'])
+      .where('id', 'in', results.map((r) => r.frame.taskId)).execute();
+    const byId = new Map(rows.map((r) => [r.id, r]));
+    for (const { delegateId, frame: f } of results) {
+      this.inFlight.get(delegateId)?.delete(f.taskId);
+      this.refusedBy.delete(f.taskId);
+      const row = byId.get(f.taskId);
+      this.metrics.tasksFinished.inc({ kind: row?.kind ?? 'unknown', status: f.status });
+      this.listener?.onTaskFinished({
+        taskId: f.taskId,
+        executionId: row?.execution_id ?? null,
+        status: f.status,
+        exitCode: f.exitCode,
+        ...(f.error ? { error: f.error } : {}),
+        outputs: f.outputs,
+        startedAt: row?.started_at == null ? f.startedAt : Number(row.started_at),
+        finishedAt: f.finishedAt,
+        delegateId,
+        delegateVersion: row?.delegate_version ?? null,
+        data: f.data,
+      });
+    }
+    this.wake();
+  }
+
+  // ---- cancel, loss, timeouts ------------------------------------------------------------
+
+  /** Cancels a task; idempotent. Queued: at once. Running: task.cancel, the result says Canceled. */
+  async cancel(taskId: string, reason: string): Promise<void> {
+    const row = await this.store.db.selectFrom('tasks').select(['status', 'delegate_id', 'attempt']).where('id', '=', taskId).executeTakeFirst();
+    if (!row) return;
+    if (row.status === 'queued') {
+      await this.failTasks([taskId], { kind: 'Canceled', message: reason, retryable: false }, 'canceled', ['queued']);
+      return;
+    }
+    if (row.status !== 'assigned' && row.status !== 'running') return;
+    await this.store.db.updateTable('tasks').set({ cancel_requested: 1, cancel_reason: reason }).where('id', '=', taskId).execute();
+    const t = row.delegate_id ? this.targets.get(row.delegate_id) : undefined;
+    if (t) {
+      t.send({ type: 'task.cancel', taskId, attempt: row.attempt, reason });
+    } else if (row.status === 'assigned') {
+      await this.failTasks([taskId], { kind: 'Canceled', message: reason, retryable: false }, 'canceled', ['assigned']);
+    }
+    // A running task on a disconnected delegate: cancelled on reconnect, or lost after the grace.
+  }
+
+  /** Ends tasks without a delegate result (DelegateLost, NoEligibleDelegate, Canceled). */
+  async failTasks(ids: string[], error: TaskFailure, status: 'failed' | 'canceled' = 'failed', from: string[] = ['queued', 'assigned', 'running']): Promise<void> {
+    if (ids.length === 0) return;
+    const now = this.clock.now();
+    const result = { status: status === 'canceled' ? 'Canceled' : 'Failed', exitCode: null, error, outputs: {}, startedAt: null, finishedAt: now };
+    const done = await this.store.db.updateTable('tasks')
+      .set({ status, result: toJson(result), finished_at: now, error_kind: error.kind, lease_expires_at: null })
+      .where('id', 'in', ids).where('status', 'in', from as Array<'queued'>)
+      .returning(['id', 'execution_id', 'delegate_id', 'delegate_version', 'started_at', 'kind']).execute();
+    for (const r of done) {
+      if (r.delegate_id) this.inFlight.get(r.delegate_id)?.delete(r.id);
+      this.metrics.tasksFinished.inc({ kind: r.kind, status: result.status });
+      await this.logs.appendNote(r.id, `${error.kind}: ${error.message}`, 'after').catch(() => undefined);
+      this.listener?.onTaskFinished({
+        taskId: r.id, executionId: r.execution_id, status: result.status as 'Failed' | 'Canceled', exitCode: null, error, outputs: {},
+        startedAt: r.started_at == null ? null : Number(r.started_at), finishedAt: now, delegateId: r.delegate_id, delegateVersion: r.delegate_version,
+      });
+    }
+    if (done.length) this.wake();
+  }
+
+  /** Leases that ran out, queue timeouts, delegates lost past the grace. */
+  async sweep(): Promise<void> {
+    if (this.stopped) return;
+    const now = this.clock.now();
+    const expired = await this.store.db.updateTable('tasks')
+      .set((eb) => ({ status: 'queued', delegate_id: null, delegate_version: null, lease_expires_at: null, attempt: eb('attempt', '+', 1) }))
+      .where('status', '=', 'assigned').where('lease_expires_at', '<', now)
+      .returning(['id', 'delegate_id']).execute();
+    for (const e of expired) {
+      if (e.delegate_id) this.inFlight.get(e.delegate_id)?.delete(e.id);
+      this.logger.warn({ taskId: e.id }, 'lease ran out before task.accept; back in the queue');
+    }
+    if (expired.length) this.wake();
+
+    const timedOut = (await this.store.db.selectFrom('tasks').select('id')
+      .where('status', '=', 'queued')
+      .where((eb) => eb(eb('queued_at', '+', eb.ref('queue_timeout_ms')), '<', now))
+      .execute()).map((r) => r.id);
+    if (timedOut.length) {
+      await this.failTasks(timedOut, { kind: 'NoEligibleDelegate', message: 'no eligible delegate took the task within its queue timeout', retryable: true }, 'failed', ['queued']);
+    }
+
+    const lostBefore = now - this.opts.delegateGraceMs;
+    const lost = await this.store.db.selectFrom('tasks').innerJoin('delegates', 'delegates.id', 'tasks.delegate_id')
+      .select(['tasks.id as id', 'delegates.name as name'])
+      .where('tasks.status', 'in', ['assigned', 'running'])
+      .where('delegates.connected', '=', 0).where('delegates.disconnected_at', '<', lostBefore)
+      .execute();
+    if (lost.length) {
+      const byName = new Map<string, string[]>();
+      for (const l of lost) byName.set(l.name, [...(byName.get(l.name) ?? []), l.id]);
+      for (const [name, ids] of byName) {
+        this.logger.warn({ delegate: name, tasks: ids.length }, 'delegate stayed away past the grace; its tasks are lost');
+        await this.failTasks(ids, { kind: 'DelegateLost', message: `delegate ${name} disconnected for longer than ${Math.round(this.opts.delegateGraceMs / 1000)}s`, retryable: true });
+      }
+    }
+  }
+
+  // ---- visibility ----------------------------------------------------------------------------
+
+  /** Why a queued task waits, and its place in its account's queue. */
+  async describeQueue(taskId: string): Promise<QueueInfo | null> {
+    const db = this.store.db;
+    const t = await db.selectFrom('tasks').select(['account_id', 'status', 'priority', 'queue_seq', 'selectors', 'capabilities', 'kind']).where('id', '=', taskId).executeTakeFirst();
+    if (!t || (t.status !== 'queued' && t.status !== 'assigned')) return null;
+    const ahead = await db.selectFrom('tasks').select((eb) => eb.fn.countAll<number>().as('n'))
+      .where('account_id', '=', t.account_id).where('status', '=', 'queued')
+      .where((eb) => eb.or([eb('priority', '>', t.priority), eb.and([eb('priority', '=', t.priority), eb('queue_seq', '<', t.queue_seq)])]))
+      .executeTakeFirst();
+    const position = Number(ahead?.n ?? 0) + 1;
+    if (t.status === 'assigned') return { reason: 'assigned to a delegate; waiting for it to accept', position };
+    const selectors = fromJson<string[]>(t.selectors, []);
+    const caps = fromJson<string[]>(t.capabilities, []);
+    const delegates = await db.selectFrom('delegates').innerJoin('accounts', 'accounts.id', 'delegates.account_id')
+      .select(['delegates.id', 'delegates.tags', 'delegates.capabilities', 'delegates.capacity', 'accounts.name as account'])
+      .where('delegates.account_id', '=', t.account_id).where('delegates.connected', '=', 1).execute();
+    const acc = await db.selectFrom('accounts').select('name').where('id', '=', t.account_id).executeTakeFirst();
+    if (delegates.length === 0) return { reason: `no delegate of account ${acc?.name ?? '?'} is connected`, position };
+    const matching = delegates.filter((d) => selectors.every((s) => fromJson<string[]>(d.tags, []).includes(s)));
+    if (matching.length === 0) return { reason: `none of the ${delegates.length} connected delegates matches selectors [${selectors.join(', ')}]`, position };
+    const capable = matching.filter((d) => caps.every((c) => fromJson<string[]>(d.capabilities, []).includes(c)));
+    if (capable.length === 0) return { reason: `no delegate matching the selectors has the capabilities [${caps.join(', ')}]`, position };
+    const slots = capable.reduce((s, d) => s + d.capacity, 0);
+    let used = 0;
+    for (const d of capable) used += this.inFlight.get(d.id)?.size ?? 0;
+    if (used >= slots || position > 1) return { reason: `all ${capable.length} eligible delegates are busy (${Math.min(used, slots)}/${slots} slots in use)`, position };
+    return { reason: 'waiting for dispatch', position };
+  }
+
+  /** Does this delegate hold the task (assigned or running here)? Guards log and result frames. */
+  holds(delegateId: string, taskId: string): boolean {
+    return this.inFlight.get(delegateId)?.has(taskId) ?? false;
+  }
+
+  /** Running tasks per delegate, as this server tracks them. */
+  inFlightCount(delegateId: string): number {
+    return this.inFlight.get(delegateId)?.size ?? 0;
+  }
+
+  newTaskId(): string {
+    return newId();
+  }
+}
+
+export type { TaskOutcome };

@@ -1,0 +1,123 @@
+/**
+ * The database: Kysely over better-sqlite3 (embedded default, WAL) or PostgreSQL (pg).
+ * Every query goes through Kysely's async API so both dialects share them, except the
+ * task claim (scheduler/claim.ts).
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { Kysely, Migrator, PostgresDialect, SqliteDialect, sql, type Transaction } from 'kysely';
+import SQLite from 'better-sqlite3';
+import pg from 'pg';
+import type { DB } from './schema.js';
+import { migrationsFor } from './migrations/index.js';
+import type { Dialect } from './migrations/util.js';
+
+export type { DB } from './schema.js';
+export type { Dialect } from './migrations/util.js';
+export type Trx = Transaction<DB>;
+export type Executor = Kysely<DB> | Trx;
+
+export interface Store {
+  readonly db: Kysely<DB>;
+  readonly dialect: Dialect;
+  /** the raw pg pool (PostgreSQL only): LISTEN/NOTIFY */
+  readonly pgPool?: pg.Pool;
+  migrate(): Promise<void>;
+  ping(): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+// PostgreSQL bigint (int8) → number: all our bigints are epoch ms or counters < 2^53.
+pg.types.setTypeParser(20, (v) => Number.parseInt(v, 10));
+
+export function openStore(url: string): Store {
+  if (url.startsWith('sqlite:')) {
+    const file = url.slice('sqlite:'.length);
+    if (file !== ':memory:') fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+    const sqlite = new SQLite(file);
+    sqlite.pragma('journal_mode = WAL');
+    // FULL: a commit is synced to disk before it returns, so an acknowledgement sent after
+    // a commit means the data survives a power loss. Group commits keep this cheap.
+    sqlite.pragma('synchronous = FULL');
+    sqlite.pragma('busy_timeout = 5000');
+    sqlite.pragma('foreign_keys = ON');
+    const db = new Kysely<DB>({ dialect: new SqliteDialect({ database: sqlite }) });
+    return makeStore(db, 'sqlite', undefined, async () => {
+      await db.destroy();
+    });
+  }
+  const pool = new pg.Pool({ connectionString: url, max: 10 });
+  pool.on('error', () => { /* idle client errors surface on the next query */ });
+  const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) });
+  return makeStore(db, 'postgres', pool, async () => {
+    await db.destroy();
+  });
+}
+
+function makeStore(db: Kysely<DB>, dialect: Dialect, pgPool: pg.Pool | undefined, close: () => Promise<void>): Store {
+  let migrated = false;
+  return {
+    db,
+    dialect,
+    pgPool,
+    async migrate() {
+      if (dialect === 'postgres') {
+        // Several servers may start at once on one database: serialise migrations.
+        await db.transaction().execute(async (trx) => {
+          await sql`select pg_advisory_xact_lock(424242)`.execute(trx);
+          await runMigrations(trx as unknown as Kysely<DB>, dialect);
+        });
+      } else {
+        await runMigrations(db, dialect);
+      }
+      migrated = true;
+    },
+    async ping() {
+      if (!migrated) return false;
+      try {
+        await sql`select 1`.execute(db);
+        return true;
+      } catch {
+        return false;
+      }
+    },
+    close,
+  };
+}
+
+async function runMigrations(db: Kysely<DB>, dialect: Dialect): Promise<void> {
+  const migrator = new Migrator({
+    db,
+    provider: { getMigrations: async () => migrationsFor(dialect) },
+    // within the advisory-locked transaction on PostgreSQL; Kysely's own lock otherwise
+    migrationTableName: 'ferry_migrations',
+    migrationLockTableName: 'ferry_migrations_lock',
+  });
+  const { error, results } = await migrator.migrateToLatest();
+  if (error) {
+    const failed = results?.find((r) => r.status === 'Error');
+    throw new Error(`migration ${failed?.migrationName ?? '?'} failed: ${(error as Error).message}`);
+  }
+}
+
+/** JSON helpers for text columns. */
+export const toJson = (v: unknown): string => JSON.stringify(v);
+export function fromJson<T>(s: string | null | undefined, fallback: T): T {
+  if (s == null) return fallback;
+  try {
+    return JSON.parse(s) as T;
+  } catch {
+    return fallback;
+  }
+}
+
+/** Next value of a named counter (FIFO order of tasks), inside the caller's transaction. */
+export async function nextSequence(trx: Executor, name: string, by = 1): Promise<number> {
+  const row = await trx
+    .insertInto('sequences')
+    .values({ name, value: by })
+    .onConflict((oc) => oc.column('name').doUpdateSet({ value: sql`sequences.value + ${by}` }))
+    .returning('value')
+    .executeTakeFirstOrThrow();
+  return Number(row.value);
+}

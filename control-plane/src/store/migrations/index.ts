@@ -1,0 +1,16 @@
+import type { Kysely, Migration } from 'kysely';
+import type { Dialect } from './util.js';
+import * as core from './0001-core.js';
+import * as engine from './0002-engine.js';
+
+type Up = (db: Kysely<any>, dialect: Dialect) => Promise<void>;
+
+/** Migrations in code, in order. Add a file, add it here; never edit a released one. */
+const ALL: Array<[string, Up]> = [
+  ['0001-core', core.up],
+  ['0002-engine', engine.up],
+];
+
+export function migrationsFor(dialect: Dialect): Record<string, Migration> {
+  return Object.fromEntries(ALL.map(([name, up]) => [name, { up: (db: Kysely<any>) => up(db, dialect) }]));
+}

@@ -1,0 +1,48 @@
+import type { TaskKind } from '@ferry/shared';
+import type { TaskHandler } from './types.js';
+import { createShellHandler } from './shell.js';
+import { createHttpHandler } from './http.js';
+import { createNoopHandler } from './noop.js';
+import { createVerifyHandler } from './verify.js';
+
+export type HandlerMap = { readonly [K in TaskKind]?: TaskHandler };
+
+export function createHandlers(opts: { env?: NodeJS.ProcessEnv } = {}): HandlerMap {
+  return {
+    shell: createShellHandler(opts) as unknown as TaskHandler,
+    http: createHttpHandler() as unknown as TaskHandler,
+    noop: createNoopHandler() as unknown as TaskHandler,
+    verify: createVerifyHandler() as unknown as TaskHandler,
+  };
+}
+
+export interface SelfCheckReport {
+  capabilities: TaskKind[];
+  failed: Array<{ capability: TaskKind; error: string }>;
+}
+
+/** Runs every handler's self-check (in parallel, each bounded); failed capabilities are not announced. */
+export async function runSelfChecks(handlers: HandlerMap, timeoutMs = 15_000): Promise<SelfCheckReport> {
+  const entries = Object.entries(handlers) as Array<[TaskKind, TaskHandler]>;
+  const results = await Promise.all(entries.map(async ([kind, h]) => {
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        h.selfCheck(),
+        new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`self-check timed out after ${timeoutMs}ms`)), timeoutMs); }),
+      ]);
+      return { kind, error: undefined };
+    } catch (err) {
+      return { kind, error: (err as Error).message || String(err) };
+    } finally {
+      clearTimeout(timer);
+    }
+  }));
+  return {
+    capabilities: results.filter((r) => r.error === undefined).map((r) => r.kind),
+    failed: results.filter((r) => r.error !== undefined).map((r) => ({ capability: r.kind, error: r.error! })),
+  };
+}
+
+export { createShellHandler, createHttpHandler, createNoopHandler, createVerifyHandler };
+export type { TaskHandler, TaskContext, TaskOutcome, AbortCause } from './types.js';

@@ -1,0 +1,31 @@
+import { expect, it } from 'vitest';
+import { createDelegateToken, ferryCli, startDelegate, startServer, useProcessGuard, leftovers } from './support/processes.js';
+useProcessGuard();
+it('server lifecycle', async () => {
+  const s = await startServer({ env: { FERRY_HEARTBEAT_MS: '100' } });
+  expect(s.adminToken).toMatch(/^tok-/);
+  const port = s.port;
+  const r = await s.api<{ auth: string }>('GET', 'delegates');
+  expect(r.body.auth).toBe(`Bearer ${s.adminToken}`);
+  const tok = await createDelegateToken(s);
+  expect(tok).toBe(`dtok-${s.adminToken}`);
+  const d = startDelegate({ url: s.url, token: tok, tags: ['a', 'b'] });
+  await d.waitForLog(/tags=a,b/);
+  expect(d.process.members().length).toBe(2);
+  await s.kill();
+  await s.restart();
+  expect(s.port).toBe(port);
+  await s.waitForLog(/listening/, { from: 0 });
+  const out = await s.cli(['executions', '--json']);
+  expect(out.json<{ url: string }>().url).toBe(s.url);
+  const bad = await ferryCli(['fail'], { url: s.url });
+  expect(bad.code).toBe(1);
+  expect(() => bad.json()).toThrow(/NOPE/);
+  await d.restart();
+  await d.kill();
+  expect((await s.stop()).code).toBe(0);
+  expect(leftovers()).toEqual([]);
+});
+it('guard catches leftovers (expected to leave one)', async () => {
+  startDelegate({ url: 'http://127.0.0.1:1', token: 'x' });
+});
