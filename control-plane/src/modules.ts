@@ -3,14 +3,16 @@
  * they grow. Each returns start/stop hooks.
  */
 import type { AppContext } from './context.js';
+import { attachRings } from './rings/index.js';
 
 export interface ModuleHandle {
   start(): Promise<void>;
   stop(): Promise<void>;
 }
 
-export async function attachModules(_ctx: AppContext): Promise<ModuleHandle> {
+export async function attachModules(ctx: AppContext): Promise<ModuleHandle> {
   const started: ModuleHandle[] = [];
+  started.push(await attachRings(ctx));
   return {
     async start() {
       for (const m of started) await m.start();

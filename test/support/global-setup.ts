@@ -19,7 +19,10 @@ export default async function setup(project: TestProject): Promise<() => Promise
   let pg: ProvidedPg;
   const external = process.env.FERRY_TEST_PG_URL;
   const pgReason = pgUnavailableReason();
-  if (external) {
+  if (process.env.FERRY_TEST_PG === 'off' && !inCi) {
+    // quicker unit-test runs: `FERRY_TEST_PG=off npx vitest run shared/`
+    pg = { available: false, reason: 'disabled by FERRY_TEST_PG=off', adminUrl: null };
+  } else if (external) {
     // a developer may point the run at a PostgreSQL of their own (psql is still needed)
     pg = { available: true, reason: '', adminUrl: external };
   } else if (pgReason) {

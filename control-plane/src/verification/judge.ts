@@ -27,10 +27,15 @@
  * 7. Test: two-sided Mann-Whitney U test with a Hodges-Lehmann estimate of the shift
  *    (canary − baseline) and its confidence interval at the sensitivity's confidence
  *    (see mann-whitney.ts). The canary deviates upwards when the interval lies entirely
- *    above 0, downwards when entirely below 0; otherwise `Pass` ("no significant
- *    difference"). Kayenta requires the interval to clear ±25% of |estimate|
- *    (`tolerance = 0.25`) instead of 0; Ferry uses 0 and relies on the explicit effect-size
- *    gate for practical significance.
+ *    above 0, downwards when entirely below 0 (Kayenta's rule); otherwise `Pass` ("no
+ *    significant difference"). Two differences from Kayenta: (a) Kayenta requires the
+ *    interval to clear ±25% of |estimate| (`tolerance = 0.25`) rather than 0 — Ferry uses
+ *    0 and relies on the explicit effect-size gate (rule 8) for practical significance;
+ *    (b) a deviation is also declared when the tie-corrected p ≤ 1 − confidence (the
+ *    direction from U vs n1·n2/2). For untied data the two conditions coincide (the
+ *    interval is the test inverted); they differ for zero-inflated series such as error
+ *    rates — baseline all 0, canary 0 with bursts — where the median pairwise difference
+ *    is 0 so the interval touches 0 and Kayenta passes a clearly worse canary.
  * 8. Effect size gate: effect = mean(canary) / mean(baseline) (Kayenta's `meanRatio`,
  *    computed after outlier removal). An upward deviation is `High` only if
  *    effect > max(allowedIncrease, 1 + minEffect); a downward one is `Low` only if
@@ -218,6 +223,11 @@ export function fmtNum(v: number | null | undefined): string {
   return String(Number(v.toPrecision(4)));
 }
 
+/** "p=0.0304" or "p<0.0001". */
+function pText(p: number): string {
+  return p < 0.0001 ? 'p<0.0001' : `p=${fmtP(p)}`;
+}
+
 function fmtP(p: number | null): string {
   if (p === null || Number.isNaN(p)) return '-';
   if (p < 0.0001) return '<0.0001';
@@ -239,7 +249,7 @@ function summary(sorted: Float64Array, droppedNonFinite: number, droppedOutliers
 }
 
 function isFailure(direction: Direction, c: Classification): boolean {
-  if (c === 'High') return direction === 'increase' || direction === 'either';
+  if (c === 'High') return direction === 'decrease' || direction === 'either';
   if (c === 'Low') return direction === 'decrease' || direction === 'either';
   return false;
 }
@@ -300,7 +310,7 @@ function classifyMetric(m: MetricInput, st: Settings): MetricVerdict {
   // Rule 2: no data.
   if (base.length === 0 || can.length === 0) {
     const which =
-      base.length === 0 && can.length === 0 ? 'neither baseline nor canary' : base.length === 0 ? 'the baseline' : 'the canary';
+      base.length === 0 && can.length === 0 ? 'baseline and canary' : base.length === 0 ? 'the baseline' : 'the canary';
     return noData(`no data: ${which} returned no usable points`, bAll, cAll);
   }
   // Rule 3: sparse.
@@ -352,6 +362,8 @@ function classifyMetric(m: MetricInput, st: Settings): MetricVerdict {
     method: mw.method === 'none' ? null : mw.method,
   };
   const pct = fmtPct(st.confidence);
+  const alpha = 1 - st.confidence;
+  const halfMn = (mw.n1 * mw.n2) / 2;
   const ciText = ciFinite ? `${pct} CI of the shift ${fmtNum(mw.ci[0])} to ${fmtNum(mw.ci[1])}` : `the ${pct} CI is unbounded at this sample size`;
   const medText = `median ${fmtNum(canary.median)} vs ${fmtNum(baseline.median)}`;
 
@@ -368,7 +380,7 @@ function classifyMetric(m: MetricInput, st: Settings): MetricVerdict {
       ? 'mean ratio undefined (negative values), effect-size gate not applied'
       : Number.isFinite(ratio)
         ? `mean ratio ${fmtNum(ratio)}`
-        : 'baseline mean is 0 and canary mean is not';
+        : 'baseline mean is 0 and canary mean is not (an unbounded increase)';
 
   // Rule 6 / 7: which way (if any) does the canary deviate?
   const bConst = b[0] === b[b.length - 1];
@@ -392,13 +404,18 @@ function classifyMetric(m: MetricInput, st: Settings): MetricVerdict {
     why = `both series are constant: canary ${fmtNum(c[0]!)} vs baseline ${fmtNum(b[0]!)}`;
   } else if (ciFinite && mw.ci[0] > 0) {
     deviation = 'up';
-    why = `${medText}, ${ciText} (above 0), p=${fmtP(mw.pValue)}`;
+    why = `${medText}, ${ciText} (above 0), ${pText(mw.pValue)}`;
   } else if (ciFinite && mw.ci[1] < 0) {
     deviation = 'down';
-    why = `${medText}, ${ciText} (below 0), p=${fmtP(mw.pValue)}`;
+    why = `${medText}, ${ciText} (below 0), ${pText(mw.pValue)}`;
+  } else if (mw.pValue <= alpha && mw.u !== halfMn) {
+    // Tied, zero-inflated series (error rates): the rank test is significant although the
+    // median pairwise difference — and so the interval's end — is 0.
+    deviation = mw.u > halfMn ? 'up' : 'down';
+    why = `${medText}, ${pText(mw.pValue)} ≤ ${fmtNum(alpha)} (U ${fmtNum(mw.u)} vs ${fmtNum(halfMn)} expected; the shift interval touches 0 because most values are tied)`;
   } else {
     deviation = null;
-    why = `${medText}, ${ciText}${ciFinite ? ' includes 0' : ''}, p=${fmtP(mw.pValue)}`;
+    why = `${medText}, ${ciText}${ciFinite ? ' includes 0' : ''}, ${pText(mw.pValue)}`;
   }
 
   if (deviation === null) {
@@ -438,7 +455,8 @@ function classifyMetric(m: MetricInput, st: Settings): MetricVerdict {
   // Rule 9: direction.
   const classification: Classification = deviation === 'up' ? 'High' : 'Low';
   const failed = isFailure(m.direction, classification);
-  const gateText = ratio === null ? ratioText : `${ratioText} beyond the tolerated ${fmtNum(limit)}`;
+  const gateText =
+    ratio === null || !Number.isFinite(ratio) ? ratioText : `${ratioText} beyond the tolerated ${fmtNum(limit)}`;
   const tail = failed
     ? `; fails for direction ${m.direction}`
     : `; not a failure for direction ${m.direction}`;

@@ -30,7 +30,7 @@ export interface SpoolEntry {
 
 export const taskKey = (taskId: string, attempt: number): string => `${taskId}\u0000${attempt}`;
 
-function fileNameFor(taskId: string, attempt: number): string {
+export function fileNameFor(taskId: string, attempt: number): string {
   const safe = taskId.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 64);
   const hash = createHash('sha256').update(taskKey(taskId, attempt)).digest('hex').slice(0, 12);
   return `${safe}-${attempt}-${hash}.spool`;

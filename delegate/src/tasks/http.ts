@@ -72,7 +72,7 @@ export function createHttpHandler(): TaskHandler<HttpSpec> {
     } catch (err) {
       if (signal.aborted) return failed('StepFailed', 'request aborted');
       const e = err as Error & { cause?: { code?: string; message?: string } };
-      const why = e.cause?.code ? `${e.cause.code}${e.cause.message ? `: ${e.cause.message}` : ''}` : e.message;
+      const why = e.cause?.code ? `${e.cause.code}${e.cause.message ? `: ${e.cause.message}` : ''}` : e.cause?.message ?? e.message;
       log.line(1, `request failed: ${why}`);
       return failed('StepFailed', masker.mask(`${method} ${url.toString()} failed: ${why}`));
     }

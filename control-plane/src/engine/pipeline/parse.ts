@@ -36,7 +36,7 @@ const addFormats = addFormatsModule as unknown as (ajv: Ajv) => Ajv;
 let validator: ValidateFunction | null = null;
 function getValidator(): ValidateFunction {
   if (!validator) {
-    const ajv = new Ajv({ allErrors: true, strict: false });
+    const ajv = new Ajv({ allErrors: true, strict: false, verbose: true });
     addFormats(ajv);
     validator = ajv.compile(PipelineFile);
   }
@@ -162,8 +162,23 @@ function schemaProblems(errors: ErrorObject[], root: unknown, locator: Locator):
   const out: PipelineProblem[] = [];
   const seen = new Set<string>();
   // if/then and anyOf wrappers repeat what their branches say; keep the precise ones
-  const useful = errors.filter((e) => e.keyword !== 'if' && !(e.keyword === 'anyOf' && errors.some((o) => o !== e && o.instancePath === e.instancePath && o.keyword !== 'anyOf' && o.keyword !== 'type' && o.keyword !== 'pattern')));
-  // for a value that fails a union (duration: string pattern or integer), say it once
+  // A union (anyOf) reports one error per branch. When the value is a mapping and some
+  // branch expects a mapping, that branch's errors are the precise ones; otherwise the
+  // union speaks once ("expected one of …", "expected a duration …").
+  const unions = errors.filter((e) => e.keyword === 'anyOf');
+  const drop = new Set<ErrorObject>();
+  for (const u of unions) {
+    const branches = errors.filter((e) => e !== u && e.schemaPath.startsWith(`${u.schemaPath}/`));
+    const value = valueAt(root, pointerToPath(u.instancePath));
+    const structural = branches.filter((e) => e.keyword !== 'type' && e.keyword !== 'const' && e.keyword !== 'pattern');
+    if (value !== null && typeof value === 'object' && structural.length > 0) {
+      drop.add(u);
+      for (const b of branches) if (!structural.includes(b)) drop.add(b);
+    } else {
+      for (const b of branches) drop.add(b);
+    }
+  }
+  const useful = errors.filter((e) => e.keyword !== 'if' && !drop.has(e));
   for (const e of useful) {
     const path = pointerToPath(e.instancePath);
     const value = valueAt(root, path);
@@ -193,22 +208,16 @@ function schemaProblems(errors: ErrorObject[], root: unknown, locator: Locator):
         message = `expected ${JSON.stringify((e.params as { allowedValue: unknown }).allowedValue)}${got(value)}`;
         break;
       case 'pattern':
-        if (isDuration || e.schemaPath.includes('anyOf')) message = `expected a duration such as 500ms, 30s, 5m, 1h or 1d${got(value)}`;
+        if (isDuration) message = `expected a duration such as 500ms, 30s, 5m, 1h or 1d${got(value)}`;
         else if ((e.params as { pattern: string }).pattern.startsWith('^[a-z0-9]')) message = `expected a name matching [a-z0-9][a-z0-9-_]*${got(value)}`;
         else message = `expected text matching ${(e.params as { pattern: string }).pattern}${got(value)}`;
         break;
       case 'anyOf':
         message = isDuration ? `expected a duration such as 500ms, 30s, 5m, 1h or 1d${got(value)}` : `expected ${describeUnion(e.schema)}${got(value)}`;
         break;
-      case 'type': {
-        if (e.schemaPath.includes('anyOf')) {
-          // part of a union; the anyOf error (kept when no precise error exists) speaks
-          const parent = useful.find((o) => o.keyword === 'anyOf' && o.instancePath === e.instancePath);
-          if (parent) continue;
-        }
+      case 'type':
         message = `expected ${article((e.params as { type: string }).type)}${got(value)}`;
         break;
-      }
       case 'format':
         message = `expected ${(e.params as { format: string }).format === 'date-time' ? 'a time in ISO 8601 (2026-12-01T02:00:00Z)' : `a ${(e.params as { format: string }).format}`}${got(value)}`;
         break;

@@ -2,6 +2,7 @@ import type { Kysely, Migration } from 'kysely';
 import type { Dialect } from './util.js';
 import * as core from './0001-core.js';
 import * as engine from './0002-engine.js';
+import * as rings from './0003-rings.js';
 
 type Up = (db: Kysely<any>, dialect: Dialect) => Promise<void>;
 
@@ -9,6 +10,7 @@ type Up = (db: Kysely<any>, dialect: Dialect) => Promise<void>;
 const ALL: Array<[string, Up]> = [
   ['0001-core', core.up],
   ['0002-engine', engine.up],
+  ['0003-rings', rings.up],
 ];
 
 export function migrationsFor(dialect: Dialect): Record<string, Migration> {
