@@ -16,6 +16,7 @@ import { pipelineRoutes } from './pipelines.js';
 import { executionRoutes } from './executions.js';
 import { ringRoutes } from './rings.js';
 import { releaseRoutes } from './releases.js';
+import { taskRoutes } from './tasks.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -117,6 +118,7 @@ export async function buildServer(ctx: AppContext): Promise<FastifyInstance> {
     await api.register(executionRoutes, opts);
     await api.register(ringRoutes, opts);
     await api.register(releaseRoutes, opts);
+    await api.register(taskRoutes, opts);
   }, { prefix: '/api/v1' });
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());

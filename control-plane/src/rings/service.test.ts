@@ -153,6 +153,7 @@ describe('rings', () => {
     const s = await f.delegate('d1', acme, '1.0.0');
     await rings.rollout('1.1.0', 60_000, 'admin');
     expect(s.offers()).toEqual(['1.1.0']);
+    await f.setDelegate('d1', { version: '1.1.0' });
     const v = await rings.rollback('ring0', 'oncall');
     expect(v).toMatchObject({ version: '1.0.0', previousVersion: null, rollout: { version: '1.1.0', state: 'rolledBack' } });
     expect(s.offers()).toEqual(['1.1.0', '1.0.0']);

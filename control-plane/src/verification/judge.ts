@@ -249,7 +249,7 @@ function summary(sorted: Float64Array, droppedNonFinite: number, droppedOutliers
 }
 
 function isFailure(direction: Direction, c: Classification): boolean {
-  if (c === 'High') return direction === 'decrease' || direction === 'either';
+  if (c === 'High') return direction === 'increase' || direction === 'either';
   if (c === 'Low') return direction === 'decrease' || direction === 'either';
   return false;
 }

@@ -265,7 +265,7 @@ export function mannWhitney(
       ties = true;
       tieTerm += t * t * t - t;
     }
-    u += cx * (yBelow + 0.5 * cy);
+    u += cx * (yBelow + 0.4 * cy);
     yBelow += cy;
   }
 

@@ -1,0 +1,87 @@
+/**
+ * Raw tasks: submit a delegate task outside any pipeline and read its state and log.
+ * For diagnostics and benchmarks; admins only. (An extension of the contract.)
+ */
+import type { FastifyPluginAsync } from 'fastify';
+import { FerryError, newId, parseDuration, type TaskSpec } from '@ferry/shared';
+import { principal, type PluginOpts } from './app.js';
+import { requireRole } from './auth.js';
+import { actingAccount, NameSchema } from './common.js';
+import { fromJson } from '../store/db.js';
+
+interface SubmitBody {
+  spec: TaskSpec;
+  selectors?: string[];
+  env?: Record<string, string>;
+  secrets?: string[];
+  timeout?: string | number;
+  queueTimeout?: string | number;
+  priority?: number;
+  account?: string;
+}
+
+export const taskRoutes: FastifyPluginAsync<PluginOpts> = async (app, { ctx }) => {
+  app.post<{ Body: SubmitBody }>('/tasks', {
+    schema: {
+      summary: 'Queue a raw delegate task (diagnostics, benchmarks)',
+      body: {
+        type: 'object', additionalProperties: false, required: ['spec'],
+        properties: {
+          spec: { type: 'object', required: ['kind'], properties: { kind: { type: 'string', enum: ['shell', 'http', 'noop', 'verify'] } } },
+          selectors: { type: 'array', items: { type: 'string', maxLength: 128 }, maxItems: 64 },
+          env: { type: 'object', additionalProperties: { type: 'string' } },
+          secrets: { type: 'array', items: { type: 'string', maxLength: 100 }, maxItems: 64 },
+          timeout: { type: ['string', 'integer'] },
+          queueTimeout: { type: ['string', 'integer'] },
+          priority: { type: 'integer' },
+          account: NameSchema,
+        },
+      },
+    },
+  }, async (req, reply) => {
+    const p = principal(req);
+    requireRole(p, 'admin');
+    const acc = await actingAccount(ctx, p, req.body.account);
+    const b = req.body;
+    const timeoutMs = b.timeout === undefined ? null : parseDuration(b.timeout);
+    const queueTimeoutMs = b.queueTimeout === undefined ? undefined : parseDuration(b.queueTimeout);
+    if (timeoutMs === undefined) throw new FerryError('VALIDATION_FAILED', 'timeout is not a duration', { field: 'timeout' });
+    if (b.queueTimeout !== undefined && queueTimeoutMs === undefined) throw new FerryError('VALIDATION_FAILED', 'queueTimeout is not a duration', { field: 'queueTimeout' });
+    const id = newId();
+    await ctx.scheduler.submit({
+      id, accountId: acc.id, executionId: null, kind: b.spec.kind, spec: b.spec, env: b.env ?? {}, secretNames: b.secrets ?? [],
+      selectors: b.selectors ?? [], priority: b.priority ?? 0, timeoutMs, ...(queueTimeoutMs !== undefined ? { queueTimeoutMs } : {}),
+    });
+    return reply.code(201).send({ id });
+  });
+
+  app.get<{ Params: { id: string } }>('/tasks/:id', {
+    schema: { summary: 'A raw task: status, queue reason, result', params: { type: 'object', properties: { id: { type: 'string', maxLength: 128 } }, required: ['id'] } },
+  }, async (req) => {
+    const p = principal(req);
+    requireRole(p, 'viewer');
+    const t = await ctx.store.db.selectFrom('tasks').selectAll().where('id', '=', req.params.id).executeTakeFirst();
+    if (!t || (!p.system && t.account_id !== p.accountId)) throw new FerryError('NOT_FOUND', `no task ${req.params.id}`);
+    const queue = await ctx.scheduler.describeQueue(t.id);
+    return {
+      id: t.id, kind: t.kind, status: t.status, attempt: t.attempt, delegate: t.delegate_id, delegateVersion: t.delegate_version,
+      queuedAt: new Date(Number(t.queued_at)).toISOString(),
+      startedAt: t.started_at == null ? null : new Date(Number(t.started_at)).toISOString(),
+      finishedAt: t.finished_at == null ? null : new Date(Number(t.finished_at)).toISOString(),
+      queue, result: fromJson(t.result, null), lastSeq: t.last_seq,
+    };
+  });
+
+  app.get<{ Params: { id: string } }>('/tasks/:id/logs', {
+    schema: { summary: "A raw task's output, line for line", params: { type: 'object', properties: { id: { type: 'string', maxLength: 128 } }, required: ['id'] } },
+  }, async (req, reply) => {
+    const p = principal(req);
+    requireRole(p, 'viewer');
+    const t = await ctx.store.db.selectFrom('tasks').select(['account_id']).where('id', '=', req.params.id).executeTakeFirst();
+    if (!t || (!p.system && t.account_id !== p.accountId)) throw new FerryError('NOT_FOUND', `no task ${req.params.id}`);
+    const chunks = await ctx.logs.readTask(req.params.id);
+    let out = '';
+    for (const c of chunks) for (const l of c.lines) if (l[0] !== 2) out += `${l[2]}\n`;
+    return reply.type('text/plain; charset=utf-8').send(out);
+  });
+};
