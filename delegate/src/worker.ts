@@ -131,7 +131,7 @@ export class Worker {
       capabilities: [...this.checks.capabilities],
       // a draining worker takes nothing new
       capacity: this.runner.isDraining ? 0 : this.config.capacity,
-      running: this.spool.list().map((t) => ({
+      running: this.spool.list().filter((t) => !t.suppressed).map((t) => ({
         taskId: t.taskId,
         attempt: t.attempt,
         lastAckedSeq: t.ackedSeq,
@@ -147,7 +147,11 @@ export class Worker {
 
   private async onWelcome(w: Welcome): Promise<void> {
     for (const a of w.acks) this.applyAck(a.taskId, a.attempt, a.seq, false);
-    await Promise.all(w.forget.map((id) => this.runner.forget(id)));
+    // Not awaited: a forgotten task stops sending at once, but its processes may take
+    // the kill grace to go, and the resend of everything else must not wait for that.
+    for (const id of w.forget) {
+      void this.runner.forget(id).catch((err: unknown) => this.logger.error({ taskId: id, err: (err as Error).message }, 'forgetting a task failed'));
+    }
     // Finished tasks whose result the server already has are done, whatever it listed.
     for (const t of this.spool.list()) if (t.done && !this.runner.isRunning(t.taskId, t.attempt)) await this.spool.drop(t.taskId, t.attempt);
     this.notify({ type: 'connected', sessionId: w.sessionId });

@@ -595,3 +595,152 @@ describe('smoke', () => {
     expect(sim.status).toBe('Succeeded');
   });
 });
+
+describe('resume', () => {
+  const yaml = pipeline(
+    deployStage('dev', shell('build') + shell('deploy')) + deployStage('qa', shell('deploy', ", when: 'out.build.VERSION == \"7\"'") + shell('test')),
+  );
+
+  test('from the failed stage: a new attempt, earlier stages kept, no stale outputs', () => {
+    const sim = new Sim(yaml);
+    sim.run('build', 'Succeeded', { stage: 'dev', outputs: { VERSION: '7' } });
+    sim.run('deploy', 'Succeeded', { stage: 'dev' });
+    sim.run('deploy', 'Succeeded', { stage: 'qa', outputs: { URL: 'http://old' } });
+    sim.run('test', 'Failed', { stage: 'qa' });
+    expect(sim.status).toBe('Failed');
+    expect(() => sim.send({ type: 'resume', fromStage: 'nope', by: 'bob' })).toThrow(/no stage/);
+    sim.send({ type: 'resume', fromStage: 'qa', by: 'bob' });
+    expect(sim.status).toBe('Running');
+    expect(sim.doc().resumedFrom).toEqual({ stage: 'qa', at: new Date(T0).toISOString(), by: 'bob' });
+    expect(sim.doc().finishedAt).toBeNull();
+    // earlier stage: one attempt, untouched; its outputs still reach qa
+    expect(sim.state.stages[0]!.attempts).toHaveLength(1);
+    const t = sim.task('deploy', 'qa');
+    expect(t.attempt).toBe(2);
+    expect(t.env.FERRY_OUT_BUILD_VERSION).toBe('7');
+    sim.run('deploy', 'Succeeded', { stage: 'qa' });
+    // the failed attempt's qa/deploy output (URL) is not visible to the new attempt's test step
+    expect(sim.task('test', 'qa').env.FERRY_OUT_DEPLOY_URL).toBeUndefined();
+    sim.run('test', 'Succeeded', { stage: 'qa' });
+    expect(sim.status).toBe('Succeeded');
+    expect(sim.pairs('qa', 1).at(-1)).toBe('Failed/PhaseFailed');
+    expect(sim.pairs('qa', 2)).toEqual([ND('QueuedForAgent'), IP('PhaseInProgress'), IP('QueuedForAgent'), IP('PhaseInProgress'), 'Succeeded/Approved']);
+    // latest attempt only, unless history
+    expect(sim.stageDoc('qa').steps.map((s) => s.attempt)).toEqual([2, 2]);
+    expect(sim.stageDoc('qa', true).steps.map((s) => s.attempt)).toEqual([1, 1, 2, 2]);
+    expect(sim.stageDoc('qa').attempts.map((a) => [a.attempt, a.status, a.operationStatus])).toEqual([[1, 'Failed', 'PhaseFailed'], [2, 'Succeeded', 'Approved']]);
+  });
+
+  test('from an earlier stage: every stage from it gets a new attempt; outputs recomputed', () => {
+    const sim = new Sim(yaml);
+    sim.run('build', 'Succeeded', { stage: 'dev', outputs: { VERSION: '7' } });
+    sim.run('deploy', 'Succeeded', { stage: 'dev' });
+    sim.run('deploy', 'Succeeded', { stage: 'qa' });
+    sim.run('test', 'Failed', { stage: 'qa' });
+    sim.send({ type: 'resume', fromStage: 'dev', by: 'bob' });
+    expect(sim.stageStatus('qa')).toBe('NotStarted');
+    expect(sim.stepStatus('qa', 'deploy')).toEqual(['Waiting']);
+    // this time build writes VERSION=8: qa's deploy `when` sees the new value, not the old
+    sim.run('build', 'Succeeded', { stage: 'dev', outputs: { VERSION: '8' } });
+    sim.run('deploy', 'Succeeded', { stage: 'dev' });
+    expect(sim.stepStatus('qa', 'deploy')).toEqual(['Skipped']);
+    expect(sim.task('test', 'qa').env.FERRY_OUT_BUILD_VERSION).toBe('8');
+    sim.run('test', 'Succeeded', { stage: 'qa' });
+    expect(sim.status).toBe('Succeeded');
+    expect(sim.state.stages.map((s) => s.attempts.length)).toEqual([2, 2]);
+  });
+
+  test('only Failed, Aborted, Expired and Rejected executions; only stages that ran', () => {
+    const sim = new Sim(yaml);
+    expect(() => sim.send({ type: 'resume', fromStage: 'dev', by: 'bob' })).toThrow(/only Failed, Aborted, Expired and Rejected/);
+    sim.send({ type: 'abort', by: 'bob' });
+    expect(sim.status).toBe('Aborted');
+    expect(() => sim.send({ type: 'resume', fromStage: 'qa', by: 'bob' })).toThrow(/never ran/);
+    sim.send({ type: 'resume', fromStage: 'dev', by: 'bob' });
+    expect(sim.pairs('dev', 1)).toEqual([ND('QueuedForAgent'), ND('Canceled')]);
+    expect(sim.pairs('dev', 2)).toEqual([ND('QueuedForAgent')]);
+  });
+
+  test('a resume waits for the account like a start', () => {
+    const sim = new Sim(yaml);
+    sim.send({ type: 'abort', by: 'bob' });
+    sim.free = (s) => s.kind !== 'account';
+    sim.send({ type: 'resume', fromStage: 'dev', by: 'bob' });
+    expect(sim.status).toBe('Queued');
+    expect(sim.pairs('dev', 2)).toEqual([ND('QueuedForPipeline')]);
+  });
+});
+
+describe('approvals and interventions: refusals', () => {
+  test('disallowExecutor compares with the executor', () => {
+    const sim = new Sim(pipeline(`
+  - id: gate
+    type: approval
+    approvers: { disallowExecutor: true }`), { executor: 'alice' });
+    expect(() => sim.send({ type: 'approve', by: 'alice' })).toThrow(expect.objectContaining({ code: 'FORBIDDEN' }));
+    sim.send({ type: 'approve', by: 'bob' });
+    expect(sim.status).toBe('Succeeded');
+  });
+
+  test('nothing waits → WRONG_STATE; two waiting interventions → AMBIGUOUS with the list', () => {
+    const sim = new Sim(pipeline(deployStage('dev', `      - parallel:
+          - { id: a, type: shell, script: x }
+          - { id: b, type: shell, script: y }
+`) + intervention()));
+    expect(() => sim.send({ type: 'approve', by: 'bob' })).toThrow(expect.objectContaining({ code: 'WRONG_STATE' }));
+    sim.run('a', 'Failed');
+    sim.run('b', 'Failed');
+    let err: unknown;
+    try { sim.send({ type: 'intervene', action: 'ignore', by: 'bob' }); } catch (e) { err = e; }
+    expect(err).toMatchObject({ code: 'AMBIGUOUS', details: { waiting: [{ stage: 'dev', step: 'a' }, { stage: 'dev', step: 'b' }] } });
+    sim.send({ type: 'intervene', action: 'ignore', by: 'bob', step: 'a' });
+    expect(sim.status).toBe('Paused');
+    sim.send({ type: 'intervene', action: 'ignore', by: 'bob', step: 'b' });
+    expect(sim.status).toBe('PartiallySucceeded');
+  });
+});
+
+describe('step environment', () => {
+  test('every FERRY_* variable, variables and outputs', () => {
+    const sim = new Sim(pipeline(deployStage('dev', shell('build') + `      - { id: my-step, type: shell, script: x, secrets: [TOKEN], delegateSelectors: [linux], timeout: 5m, env: { A: b } }\n`, '    delegateSelectors: [x86]\n'),
+      'variables:\n  replicas: { type: number, default: 2 }\n  region-name: eu\n'), { inputs: { replicas: '3' }, artifact: '1.4.2' });
+    sim.run('build', 'Succeeded', { outputs: { image: 'img:1', 'my-key': 'v' } });
+    const t = sim.task('my-step');
+    expect(t.env).toMatchObject({
+      FERRY_EXECUTION_ID: 'ex1', FERRY_STAGE_ID: 'dev', FERRY_STEP_ID: 'my-step', FERRY_ARTIFACT: '1.4.2',
+      FERRY_ROLLBACK_ARTIFACT: '', FERRY_CANARY_WEIGHT: '100', FERRY_VAR_REPLICAS: '3', FERRY_VAR_REGION_NAME: 'eu',
+      FERRY_OUT_BUILD_IMAGE: 'img:1', FERRY_OUT_BUILD_MY_KEY: 'v', A: 'b',
+    });
+    expect(t.secretNames).toEqual(['TOKEN']);
+    expect(t.selectors).toEqual(['x86', 'linux']);
+    expect(t.timeoutMs).toBe(300_000);
+    expect(t.queueTimeoutMs).toBe(3_600_000);
+    expect(t.spec).toEqual({ kind: 'shell', script: 'x' });
+  });
+
+  test('inputs are checked', () => {
+    const yaml = pipeline(deployStage('dev', shell('a')), 'variables:\n  n: { type: number, required: true }\n');
+    expect(() => new Sim(yaml)).toThrow(/"n" is required/);
+    expect(() => new Sim(yaml, { inputs: { n: 'x' } })).toThrow(/must be a number/);
+    expect(() => new Sim(yaml, { inputs: { n: 1, m: 2 } })).toThrow(/unknown input "m"/);
+  });
+});
+
+describe('rollback artifact selection', () => {
+  const rec = (artifact: string, status: DeploymentRecord['status'], at: number, pipeline = 'p', executionId = `e${at}`): DeploymentRecord => ({ pipeline, artifact, status, executionId, at });
+  const pick = (records: DeploymentRecord[], scope: 'pipeline' | 'infrastructure' = 'pipeline', exclude: string | null = '9.9.9') =>
+    pickRollbackArtifact(records, { pipeline: 'p', scope, executionId: 'now', exclude });
+  test.each([
+    ['the last success of the same pipeline', [rec('1.0', 'succeeded', 1), rec('1.1', 'succeeded', 2)], 'pipeline', '1.1'],
+    ['never one whose latest deployment failed', [rec('1.0', 'succeeded', 1), rec('1.1', 'succeeded', 2), rec('1.1', 'failed', 3)], 'pipeline', '1.0'],
+    ['never one rolled back', [rec('1.0', 'succeeded', 1), rec('1.1', 'succeeded', 2), rec('1.1', 'rolledBack', 3)], 'pipeline', '1.0'],
+    ['a failure by another pipeline marks it bad too', [rec('1.0', 'succeeded', 1), rec('1.1', 'succeeded', 2), rec('1.1', 'failed', 3, 'other')], 'pipeline', '1.0'],
+    ['pipeline scope ignores other pipelines', [rec('1.0', 'succeeded', 1), rec('2.0', 'succeeded', 2, 'other')], 'pipeline', '1.0'],
+    ['infrastructure scope takes any pipeline', [rec('1.0', 'succeeded', 1), rec('2.0', 'succeeded', 2, 'other')], 'infrastructure', '2.0'],
+    ['not the artifact being rolled back', [rec('1.0', 'succeeded', 1), rec('9.9.9', 'succeeded', 2)], 'pipeline', '1.0'],
+    ['nothing this execution recorded', [rec('1.0', 'succeeded', 1), rec('1.5', 'succeeded', 2, 'p', 'now')], 'pipeline', '1.0'],
+    ['none: null', [rec('1.0', 'failed', 1)], 'pipeline', null],
+  ] as const)('%s', (_n, records, scope, expected) => {
+    expect(pick([...records], scope)).toBe(expected);
+  });
+});

@@ -25,7 +25,7 @@
  */
 import { FerryError, RESUMABLE_EXECUTION, TERMINAL_EXECUTION, envName, type ExecutionStatus, type TaskSpec } from '@ferry/shared';
 import {
-  isTerminalAttempt, isTerminalStep, transitionAttempt, transitionExecution, transitionStage, transitionStep, type AttemptPair,
+  ATTEMPT_TRANSITIONS, isTerminalAttempt, isTerminalStep, pairOf, transitionAttempt, transitionExecution, transitionStage, transitionStep, type AttemptPair,
 } from './transitions.js';
 import { evaluateCondition, type Value } from './expression.js';
 import {
@@ -331,8 +331,7 @@ class Machine {
     // an approval step before any delegate step: <NotDeployed, Approved> (or Deferred) shows
     // that it passed, before the steps after it queue
     if (!a.ran && this.stageDef(i).type !== 'approval' && until <= this.now) {
-      this.syncAttempt(i, a);
-      transitionAttempt(a, 'NotDeployed/Approved', `approved by ${by}`, this.now);
+      this.moveAttempt(i, a, 'NotDeployed/Approved', `approved by ${by}`);
     }
   }
 
@@ -458,8 +457,7 @@ class Machine {
     const a = i === null ? undefined : this.latest(i);
     if (this.terminal || i === null || !a || a.waiting !== 'slot') throw new FerryError('WRONG_STATE', 'only a run waiting behind another deployment can be superseded');
     this.releaseMappingSlot(i, a);
-    this.syncAttempt(i, a);
-    transitionAttempt(a, 'NotDeployed/Canceled', `superseded by ${by}`, this.now);
+    this.moveAttempt(i, a, 'NotDeployed/Canceled', `superseded by ${by}`);
     a.waiting = null;
     transitionStage(this.stage(i), 'Canceled', `superseded by ${by}`, this.now);
     this.st.supersededBy = by;
@@ -653,8 +651,7 @@ class Machine {
 
   private nextPhase(i: number, a: AttemptState): void {
     if (a.ran) {
-      this.syncAttempt(i, a);
-      transitionAttempt(a, 'InProgress/PhaseSucceeded', `phase ${a.phase} passed`, this.now);
+      this.moveAttempt(i, a, 'InProgress/PhaseSucceeded', `phase ${a.phase} passed`);
     }
     a.phase++;
     a.node = 0;
@@ -1126,9 +1123,8 @@ class Machine {
   // ---- endings ----
 
   private finishSucceeded(i: number, a: AttemptState): void {
-    this.syncAttempt(i, a);
     const partial = a.partial;
-    transitionAttempt(a, partial ? 'PartiallySucceeded/PhasePartiallySucceeded' : 'Succeeded/Approved', partial ? 'a step failed and was ignored' : 'every step succeeded', this.now);
+    this.moveAttempt(i, a, partial ? 'PartiallySucceeded/PhasePartiallySucceeded' : 'Succeeded/Approved', partial ? 'a step failed and was ignored' : 'every step succeeded');
     transitionStage(this.stage(i), partial ? 'PartiallySucceeded' : 'Succeeded', 'attempt ended', this.now);
     const def = this.stageDef(i);
     if (def.deploy) {
@@ -1142,9 +1138,8 @@ class Machine {
   }
 
   private finishFailed(i: number, a: AttemptState): void {
-    this.syncAttempt(i, a);
     const gates = a.failure?.kind === 'Verification';
-    transitionAttempt(a, gates ? 'Failed/GatesFailed' : 'Failed/PhaseFailed', a.failure ? `${a.failure.stepId ?? 'stage'}: ${a.failure.message}` : 'failed', this.now);
+    this.moveAttempt(i, a, gates ? 'Failed/GatesFailed' : 'Failed/PhaseFailed', a.failure ? `${a.failure.stepId ?? 'stage'}: ${a.failure.message}` : 'failed');
     transitionStage(this.stage(i), 'Failed', 'attempt failed', this.now);
     if (this.stageDef(i).deploy && a.ran) this.recordDeployment(i, a.rolledBack ? 'rolledBack' : 'failed');
     const bg = this.stageDef(i).strategy.type === 'blueGreen';
@@ -1173,8 +1168,7 @@ class Machine {
 
   private finishDecision(i: number, a: AttemptState): void {
     const decision = a.decision!;
-    this.syncAttempt(i, a);
-    transitionAttempt(a, a.ran ? 'Failed/Rejected' : 'NotDeployed/Rejected', decision === 'Rejected' ? 'approval rejected' : 'approval timed out', this.now);
+    this.moveAttempt(i, a, a.ran ? 'Failed/Rejected' : 'NotDeployed/Rejected', decision === 'Rejected' ? 'approval rejected' : 'approval timed out');
     transitionStage(this.stage(i), decision, decision === 'Rejected' ? 'approval rejected' : 'approval timed out', this.now);
     if (this.stageDef(i).deploy && a.ran) this.recordDeployment(i, 'failed');
     this.releaseMappingSlot(i, a);
@@ -1185,8 +1179,7 @@ class Machine {
   private finishAborted(i: number, a: AttemptState): void {
     const by = this.st.abort?.by ?? 'unknown';
     if (!isTerminalAttempt(a)) {
-      this.syncAttempt(i, a);
-      transitionAttempt(a, a.ran ? 'Failed/Canceled' : 'NotDeployed/Canceled', `aborted by ${by}`, this.now);
+      this.moveAttempt(i, a, a.ran ? 'Failed/Canceled' : 'NotDeployed/Canceled', `aborted by ${by}`);
       transitionStage(this.stage(i), 'Canceled', `aborted by ${by}`, this.now);
       this.releaseMappingSlot(i, a);
     }
@@ -1234,6 +1227,17 @@ class Machine {
     if (this.terminal) return;
     const target: ExecutionStatus = this.st.accountSlot === 'waiting' ? 'Queued' : paused ? 'Paused' : 'Running';
     transitionExecution(this.st, target, paused ? 'waits for a manual intervention or a promote' : 'running', this.now);
+  }
+
+  /**
+   * An explicit move (Approved, PhaseSucceeded, the end of an attempt): straight from the
+   * current pair when the table allows it, else by way of the derived pair.
+   */
+  private moveAttempt(i: number, a: AttemptState, to: AttemptPair, reason: string): void {
+    if (a.status === null || a.operationStatus === null || !ATTEMPT_TRANSITIONS[pairOf(a.status, a.operationStatus)].includes(to)) {
+      this.syncAttempt(i, a);
+    }
+    transitionAttempt(a, to, reason, this.now);
   }
 
   private syncAttempt(i: number, a: AttemptState): void {

@@ -93,7 +93,7 @@ export class Session implements DispatchTarget {
     this.closed = true;
     this.gw.deps.metrics.sessionsClosed.inc({ reason: closeCodeName(code) });
     try {
-      this.ws.close(code, reason.slice(0, 120));
+      this.ws.close(code, closeReason(reason));
     } catch {
       this.ws.terminate();
     }
@@ -412,6 +412,13 @@ export class Gateway extends EventEmitter {
   get connectedCount(): number {
     return this.byDelegate.size;
   }
+}
+
+/** A close reason must fit in 123 bytes of UTF-8; cut on a character boundary. */
+export function closeReason(reason: string): string {
+  let r = reason.replace(/[^\x20-\x7e]/g, '?');
+  if (r.length > 120) r = `${r.slice(0, 117)}...`;
+  return r;
 }
 
 function refuse(socket: Duplex, status: number, code: string, message: string): void {

@@ -84,4 +84,17 @@ export const taskRoutes: FastifyPluginAsync<PluginOpts> = async (app, { ctx }) =
     for (const c of chunks) for (const l of c.lines) if (l[0] !== 2) out += `${l[2]}\n`;
     return reply.type('text/plain; charset=utf-8').send(out);
   });
+
+  app.post<{ Params: { id: string } }>('/tasks/:id/cancel', {
+    schema: { summary: 'Cancel a raw task (SIGTERM to its process group, SIGKILL after the grace)', params: { type: 'object', properties: { id: { type: 'string', maxLength: 128 } }, required: ['id'] } },
+  }, async (req) => {
+    const p = principal(req);
+    requireRole(p, 'admin');
+    const t = await ctx.store.db.selectFrom('tasks').select(['account_id', 'status', 'execution_id']).where('id', '=', req.params.id).executeTakeFirst();
+    if (!t || (!p.system && t.account_id !== p.accountId)) throw new FerryError('NOT_FOUND', `no task ${req.params.id}`);
+    if (t.execution_id) throw new FerryError('WRONG_STATE', 'this task belongs to an execution: abort the execution instead');
+    if (!['queued', 'assigned', 'running'].includes(t.status)) throw new FerryError('WRONG_STATE', `the task is ${t.status}`);
+    await ctx.scheduler.cancel(req.params.id, `canceled by ${p.name}`);
+    return { id: req.params.id, cancelRequested: true };
+  });
 };

@@ -161,6 +161,19 @@ describe('rings', () => {
     expect(await code(rings.rollback('ring0', 'oncall'))).toBe('WRONG_STATE');
   });
 
+  it('stops a rollout elsewhere when a ring it passed is rolled back by hand', async () => {
+    await rings.set('ring0', '1.0.0', 'admin');
+    await rings.rollout('1.1.0', 1000, 'admin');
+    f.clock.advance(1000);
+    await rings.tick();
+    expect((await rings.get('ring1')).rollout!.state).toBe('soaking');
+    await rings.rollback('ring0', 'oncall');
+    expect((await rings.get('ring1')).rollout).toMatchObject({ state: 'halted', reason: expect.stringContaining('oncall rolled ring0 back') });
+    f.clock.advance(5000);
+    await rings.tick();
+    expect((await rings.get('ring2')).version).toBeNull();
+  });
+
   it('rolls every ring with a previous version back', async () => {
     for (const r of ['ring0', 'ring1']) {
       await rings.set(r, '1.0.0', 'admin');

@@ -315,6 +315,13 @@ export class RingService {
       const ring = await this.ring(name, trx);
       if (!ring.previous_version) throw new FerryError('WRONG_STATE', `${name} has no previous version to roll back to`, { ring: name, version: ring.version });
       await this.rollbackIn(trx, ring, by, `rolled back to ${ring.previous_version} by ${by}`);
+      // A version rolled back by hand goes no further: its rollout stops wherever it is.
+      for (const other of await this.rings(trx)) {
+        const r = other.parsed;
+        if (other.name === name || !r || r.version !== ring.version || !ACTIVE_STATES.has(r.state)) continue;
+        const halted: Rollout = { ...r, state: 'halted', since: this.deps.clock.now(), reason: `halted: ${by} rolled ${name} back from ${r.version}` };
+        await trx.updateTable('rings').set({ rollout: JSON.stringify(halted) }).where('name', '=', other.name).execute();
+      }
       return ring;
     }));
     this.log.warn({ ring: name, from: done.version, to: done.previous_version, by }, 'ring rolled back');

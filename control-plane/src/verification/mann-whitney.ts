@@ -34,8 +34,10 @@
  *   one order statistic of R/Kayenta in the asymptotic case, and it never fails on
  *   all-tied data (Kayenta throws there and adds Gaussian noise beforehand).
  * - The order statistics are found without materialising the n1·n2 differences (360,000
- *   for 600×600 points): a quickselect over the implicit sorted matrix D[i][j] =
- *   c(i) − b(n2−1−j) with a seeded pivot, O((n1+n2)·log(n1n2)) per order statistic.
+ *   for 600×600 points): a sampled selection over the implicit sorted matrix
+ *   D[i][j] = c(i) − b(n2−1−j), O(n1 + n2) per step and a handful of steps per order
+ *   statistic (see {@link pairwiseDifferenceOrderStatistic}); the pivots come from a seeded
+ *   PRNG, so results are deterministic.
  *
  * Edge cases: non-finite values (NaN, ±Infinity) are dropped; an empty sample gives
  * `method: 'none'`, u = 0, pValue = NaN, shift = NaN and ci = (−∞, +∞). A single point on
@@ -136,69 +138,140 @@ function mulberry32(seed: number): () => number {
 /**
  * The k-th smallest (1-based) of the n1·n2 differences x[i] − y[j], for ascending sorted x
  * and y, without materialising them.
+ *
+ * Row i of the implicit matrix is D[i][j] = x[i] − y[n−1−j], ascending in j and in i. Each
+ * row keeps an active column range [lo, hi): everything left of it ranks below k,
+ * everything from hi on ranks above. A step draws a small random sample of active
+ * elements, takes two pivots around the target's expected position (Floyd–Rivest), counts
+ * per row the differences below/at each pivot with a two-pointer sweep (O(n1 + n2)) and
+ * narrows the ranges — usually to a few percent per step. When that makes no progress
+ * (heavy ties) a single random pivot is used, which always removes its value. The last
+ * few thousand candidates are sorted.
  */
 export function pairwiseDifferenceOrderStatistic(x: Float64Array, y: Float64Array, k: number): number {
   const m = x.length;
   const n = y.length;
   const total = m * n;
   if (total === 0 || !(k >= 1 && k <= total)) return Number.NaN;
-  // Row i of the implicit matrix: D[i][j] = x[i] − y[n−1−j], ascending in j and in i.
-  const lo = new Int32Array(m); // elements left of lo[i] rank below k
-  const hi = new Int32Array(m).fill(n); // elements from hi[i] on rank above k
-  const lt = new Int32Array(m);
-  const le = new Int32Array(m);
-  const rnd = mulberry32(0x9e3779b9 ^ (k * 2654435761) ^ total);
+  const lo = new Int32Array(m);
+  const hi = new Int32Array(m).fill(n);
+  const ltA = new Int32Array(m);
+  const leB = new Int32Array(m);
+  const cum = new Float64Array(m + 1); // prefix sums of active widths, for sampling
+  const SAMPLE = 48;
+  const sample = new Float64Array(SAMPLE);
+  const rnd = mulberry32(0x9e3779b9 ^ Math.imul(k, 0x2c1b3c6d) ^ total);
   let active = total;
   let below = 0;
-  const CUTOFF = Math.max(64, m + n);
-  while (active > CUTOFF) {
-    let r = Math.floor(rnd() * active);
-    let pi = 0;
-    for (; pi < m; pi++) {
-      const w = hi[pi]! - lo[pi]!;
-      if (r < w) break;
-      r -= w;
-    }
-    const pivot = x[pi]! - y[n - 1 - (lo[pi]! + r)]!;
-    // Per row, how many differences are < pivot and ≤ pivot (both non-increasing in i).
-    let jl = n;
-    let je = n;
-    let cntLT = 0;
-    let cntLE = 0;
+  const CUTOFF = Math.max(256, 2 * (m + n));
+
+  // Counts per row of differences < a (into ltA) and ≤ b (into leB); returns the totals.
+  const count = (a: number, b: number): [number, number] => {
+    let ja = n;
+    let jb = n;
+    let sa = 0;
+    let sb = 0;
     for (let i = 0; i < m; i++) {
       const xi = x[i]!;
-      while (jl > 0 && xi - y[n - jl]! >= pivot) jl--;
-      while (je > 0 && xi - y[n - je]! > pivot) je--;
-      lt[i] = jl;
-      le[i] = je;
-      cntLT += jl;
-      cntLE += je;
+      while (ja > 0 && xi - y[n - ja]! >= a) ja--;
+      while (jb > 0 && xi - y[n - jb]! > b) jb--;
+      ltA[i] = ja;
+      leB[i] = jb;
+      sa += ja;
+      sb += jb;
     }
-    if (k <= cntLT) {
-      for (let i = 0; i < m; i++) if (lt[i]! < hi[i]!) hi[i] = lt[i]!;
-    } else if (k > cntLE) {
-      for (let i = 0; i < m; i++) if (le[i]! > lo[i]!) lo[i] = le[i]!;
-    } else {
-      return pivot;
+    return [sa, sb];
+  };
+  const pick = (r: number): number => {
+    // the r-th active element (0-based) in row-major order; binary search over cum
+    let a = 0;
+    let b = m - 1;
+    while (a < b) {
+      const mid = (a + b) >> 1;
+      if (cum[mid + 1]! <= r) a = mid + 1;
+      else b = mid;
     }
+    const j = lo[a]! + (r - cum[a]!);
+    return x[a]! - y[n - 1 - j]!;
+  };
+  const recount = (): void => {
     active = 0;
     below = 0;
     for (let i = 0; i < m; i++) {
       if (hi[i]! < lo[i]!) hi[i] = lo[i]!;
+      cum[i] = active;
       active += hi[i]! - lo[i]!;
       below += lo[i]!;
     }
+    cum[m] = active;
+  };
+  recount();
+
+  while (active > CUTOFF) {
+    const before = active;
+    // Two sampled pivots around the target's expected position.
+    for (let s = 0; s < SAMPLE; s++) sample[s] = pick(Math.floor(rnd() * active));
+    sample.sort();
+    const pos = ((k - below) / active) * SAMPLE;
+    const spread = Math.sqrt(SAMPLE);
+    const pA = sample[Math.max(0, Math.floor(pos - spread))]!;
+    const pB = sample[Math.min(SAMPLE - 1, Math.ceil(pos + spread))]!;
+    const [cA, cB] = count(pA, pB);
+    if (k <= cA) {
+      for (let i = 0; i < m; i++) if (ltA[i]! < hi[i]!) hi[i] = ltA[i]!;
+    } else if (k > cB) {
+      for (let i = 0; i < m; i++) if (leB[i]! > lo[i]!) lo[i] = leB[i]!;
+    } else {
+      if (pA === pB) return pA;
+      for (let i = 0; i < m; i++) {
+        if (ltA[i]! > lo[i]!) lo[i] = ltA[i]!;
+        if (leB[i]! < hi[i]!) hi[i] = leB[i]!;
+      }
+    }
+    recount();
+    if (active < before || active <= CUTOFF) continue;
+    // No progress (ties): one random pivot; it always removes every copy of its value.
+    const p = pick(Math.floor(rnd() * active));
+    const [cLT, cLE] = count(p, p);
+    if (k <= cLT) {
+      for (let i = 0; i < m; i++) if (ltA[i]! < hi[i]!) hi[i] = ltA[i]!;
+    } else if (k > cLE) {
+      for (let i = 0; i < m; i++) if (leB[i]! > lo[i]!) lo[i] = leB[i]!;
+    } else {
+      return p;
+    }
+    recount();
   }
   const rest = new Float64Array(active);
-  let p = 0;
-  below = 0;
+  let r = 0;
   for (let i = 0; i < m; i++) {
-    below += lo[i]!;
     const xi = x[i]!;
-    for (let j = lo[i]!; j < hi[i]!; j++) rest[p++] = xi - y[n - 1 - j]!;
+    for (let j = lo[i]!; j < hi[i]!; j++) rest[r++] = xi - y[n - 1 - j]!;
   }
   rest.sort();
   return rest[k - 1 - below]!;
+}
+
+/**
+ * The (k+1)-th smallest difference given v = the k-th (sorted inputs): v again when more
+ * than k differences are ≤ v, else the smallest difference above v. O(n1 + n2).
+ */
+function nextDifference(x: Float64Array, y: Float64Array, k: number, v: number): number {
+  const m = x.length;
+  const n = y.length;
+  let j = n;
+  let le = 0;
+  let next = Number.POSITIVE_INFINITY;
+  for (let i = 0; i < m; i++) {
+    const xi = x[i]!;
+    while (j > 0 && xi - y[n - j]! > v) j--;
+    le += j;
+    if (j < n) {
+      const d = xi - y[n - 1 - j]!;
+      if (d < next) next = d;
+    }
+  }
+  return le > k ? v : next;
 }
 
 /** Hodges-Lehmann estimate: the median of the pairwise differences x − y (sorted inputs). */
@@ -206,9 +279,9 @@ export function hodgesLehmann(x: Float64Array, y: Float64Array): number {
   const total = x.length * y.length;
   if (total === 0) return Number.NaN;
   if (total % 2 === 1) return pairwiseDifferenceOrderStatistic(x, y, (total + 1) / 2);
-  const a = pairwiseDifferenceOrderStatistic(x, y, total / 2);
-  const b = pairwiseDifferenceOrderStatistic(x, y, total / 2 + 1);
-  return (a + b) / 2;
+  const h = total / 2;
+  const a = pairwiseDifferenceOrderStatistic(x, y, h);
+  return (a + nextDifference(x, y, h, a)) / 2;
 }
 
 /**
@@ -265,7 +338,7 @@ export function mannWhitney(
       ties = true;
       tieTerm += t * t * t - t;
     }
-    u += cx * (yBelow + 0.4 * cy);
+    u += cx * (yBelow + 0.5 * cy);
     yBelow += cy;
   }
 

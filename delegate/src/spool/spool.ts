@@ -59,6 +59,8 @@ export class TaskSpool {
   /** true after a disk write failed: entries live in memory only from then on */
   memoryOnly = false;
   process: ProcessInfo | undefined;
+  /** the server no longer wants this task: nothing more is sent, the spool is about to be dropped */
+  suppressed = false;
   /** unacknowledged entries, ascending by sequence */
   private readonly entries: SpoolEntry[] = [];
   private fh: FileHandle | null = null;
@@ -468,6 +470,7 @@ export class Spool extends EventEmitter {
     for (let i = 0; i < n; i++) {
       const idx = (this.rr + i) % n;
       const t = list[idx]!;
+      if (t.suppressed) continue;
       const e = t.entry(Math.max(sent.get(t.key) ?? 0, t.ackedSeq) + 1);
       if (e) {
         this.rr = (idx + 1) % n;

@@ -185,17 +185,24 @@ export class TaskRunner extends EventEmitter {
     return true;
   }
 
-  /** The server no longer wants this task: cancel every attempt of it and drop its spool. */
+  /**
+   * The server no longer wants this task: cancel every attempt of it and drop its spool.
+   * Nothing more of it is sent from the moment this is called; the promise resolves
+   * once its processes are gone.
+   */
   async forget(taskId: string): Promise<void> {
     const waits: Promise<void>[] = [];
     for (const r of this.running.values()) {
       if (r.assign.taskId !== taskId) continue;
       r.forgotten = true;
+      r.task.suppressed = true;
       if (!r.controller.signal.aborted) r.controller.abort({ kind: 'cancel', reason: 'forgotten by the server' } satisfies AbortCause);
       waits.push(r.done);
     }
     for (const t of this.opts.spool.list()) {
-      if (t.taskId === taskId && !this.running.has(t.key)) waits.push(this.opts.spool.drop(t.taskId, t.attempt));
+      if (t.taskId !== taskId) continue;
+      t.suppressed = true;
+      if (!this.running.has(t.key)) waits.push(this.opts.spool.drop(t.taskId, t.attempt));
     }
     await Promise.all(waits);
   }
