@@ -203,6 +203,28 @@ describe('Hodges-Lehmann shift and confidence interval', () => {
     }
   });
 
+  it('order statistics stay exact on large, heavily tied and zero-inflated samples', () => {
+    const g = parkMiller(31337);
+    const cases: Array<[number[], number[]]> = [
+      [Array.from({ length: 200 }, () => Math.floor(g() * 3)), Array.from({ length: 150 }, () => Math.floor(g() * 3))],
+      [Array.from({ length: 300 }, () => (g() < 0.1 ? g() : 0)), Array.from({ length: 250 }, () => (g() < 0.05 ? g() : 0))],
+      [new Array<number>(120).fill(4), new Array<number>(130).fill(4)],
+      [Array.from({ length: 250 }, () => g() * 1e-9 + 1), Array.from({ length: 260 }, () => g() * 1e-9 + 1)],
+    ];
+    for (const [x, y] of cases) {
+      const all = allDiffsSorted(x, y);
+      const xs = sortedF64(x);
+      const ys = sortedF64(y);
+      for (let t = 0; t < 25; t++) {
+        const k = 1 + Math.floor(g() * all.length);
+        expect(pairwiseDifferenceOrderStatistic(xs, ys, k)).toBe(all[k - 1]);
+      }
+      const h = all.length / 2;
+      const mid = all.length % 2 ? all[(all.length - 1) / 2]! : (all[h - 1]! + all[h]!) / 2;
+      expect(hodgesLehmann(xs, ys)).toBe(mid);
+    }
+  });
+
   it('scipy example: shift 7 and the exact 95% interval [D(2), D(19)] = [-1, 17]', () => {
     // exact null distribution for (5,4): P(U ≤ 1) = 2/126 ≤ 0.025 < P(U ≤ 2) = 4/126 → k = 2
     const r = mannWhitney([19, 22, 16, 29, 24], [20, 11, 17, 12]);
