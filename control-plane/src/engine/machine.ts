@@ -83,6 +83,12 @@ export function start(input: StartInput, now: number, ctx: MachineContext): Tran
   return { state: m.st, effects: m.effects };
 }
 
+/** The run with this id, its step's definition and where it belongs (null when unknown). */
+export function describeRun(state: ExecutionState, runId: string): { stageIndex: number; stage: StageDefinition; attempt: AttemptState; run: StepRun; step: StepDefinition } | null {
+  const noCtx: MachineContext = { deployments: () => [], slotFree: () => false };
+  return new Machine(state, 0, noCtx).describeRun(runId);
+}
+
 /** Applies one event. Commands that are not allowed now throw FerryError (nothing changes). */
 export function apply(state: ExecutionState, event: MachineEvent, now: number, ctx: MachineContext): Transition {
   const m = new Machine(structuredClone(state), now, ctx);
@@ -492,6 +498,12 @@ class Machine {
       throw new FerryError('AMBIGUOUS', `more than one waits for ${what}: ${names.join(', ')}; name one with --stage and --step`, { waiting: matching.map(describe) });
     }
     return matching[0]!;
+  }
+
+  describeRun(id: string): { stageIndex: number; stage: StageDefinition; attempt: AttemptState; run: StepRun; step: StepDefinition } | null {
+    const f = this.findRun(id);
+    if (!f) return null;
+    return { stageIndex: f.i, stage: this.stageDef(f.i), attempt: f.a, run: f.run, step: this.stepDefOf(f.i, f.run) };
   }
 
   private findRun(id: string): { i: number; a: AttemptState; run: StepRun } | null {

@@ -283,7 +283,8 @@ export class Connection extends EventEmitter {
         }
       });
       ws.on('error', (err) => {
-        finish({ kind: 'error', message: (err as NodeJS.ErrnoException).code ? `${(err as NodeJS.ErrnoException).code}: ${err.message}` : err.message });
+        const code = (err as NodeJS.ErrnoException).code;
+        finish({ kind: 'error', message: code && !err.message.includes(code) ? `${code}: ${err.message}` : err.message });
       });
       ws.on('close', (code, reason) => {
         finish({ kind: 'close', code, reason: reason.toString('utf8') });

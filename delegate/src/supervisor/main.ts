@@ -60,7 +60,7 @@ export class Supervisor {
     w.on('message', (m: WorkerToSupervisor) => this.onWorkerMessage(w, m));
     w.on('exit', (e: WorkerExit) => this.onWorkerExit(w, e));
     w.start();
-    this.opts.logger.info({ pid: w.pid, entry: w.opts.entry, version: w.opts.version }, 'worker started');
+    this.opts.logger.info({ workerPid: w.pid, entry: w.opts.entry, version: w.opts.version }, 'worker started');
     return w;
   }
 
