@@ -284,3 +284,26 @@ export async function graphile(mode, n) {
   if (code !== 0 || !line) throw new Error(`graphile-worker ${mode} baseline failed (exit ${code}): ${err}`);
   return JSON.parse(line);
 }
+
+// ---- CPU accounting ------------------------------------------------------------------------------
+
+/** CPU ms (user+system) of a process and its descendants (Linux /proc). */
+export function treeCpuMs(pid) {
+  let total = 0;
+  const seen = new Set();
+  const walk = (p) => {
+    if (seen.has(p)) return;
+    seen.add(p);
+    try {
+      const s = fs.readFileSync(`/proc/${p}/stat`, 'utf8');
+      const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+      total += ((Number(f[11]) + Number(f[12])) * 1000) / 100;
+      for (const t of fs.readdirSync(`/proc/${p}/task`)) {
+        const kids = fs.readFileSync(`/proc/${p}/task/${t}/children`, 'utf8').trim();
+        if (kids) for (const k of kids.split(/\s+/)) walk(Number(k));
+      }
+    } catch { /* gone */ }
+  };
+  walk(pid);
+  return total;
+}

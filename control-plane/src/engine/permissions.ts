@@ -25,8 +25,11 @@ export function authorize(p: Principal, action: EngineAction, def: PipelineDefin
   requireRole(p, 'deployer');
   const indices = stages ?? def.stages.map((_, i) => i);
   const seen = new Set<number>();
+  // a run or resume checks each deploy stage it may reach; a decision on one stage checks
+  // the deploy stage it governs
+  const own = action === 'run' || action === 'resume' || action === 'apply';
   for (const i of indices) {
-    const g = governing(def, i);
+    const g = own ? (def.stages[i]?.deploy ? i : null) : governing(def, i);
     if (g === null || seen.has(g)) continue;
     seen.add(g);
     const s = def.stages[g]!;

@@ -22,9 +22,9 @@ export interface EngineSlotsTable {
   requested_at: number;
 }
 
-export interface EngineTables {
+export type EngineTables = {
   engine_slots: EngineSlotsTable;
-}
+};
 
 export type EngineDB = DB & EngineTables;
 

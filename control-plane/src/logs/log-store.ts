@@ -217,7 +217,7 @@ export class LogStore {
   }
 
   /** Chunks of one task in sequence order, optionally after a sequence. */
-  async readTask(taskId: string, afterSeq = Number.MIN_SAFE_INTEGER): Promise<StoredChunk[]> {
+  async readTask(taskId: string, afterSeq = -2_147_483_648): Promise<StoredChunk[]> {
     const rows = await this.store.db.selectFrom('log_chunks').select(['seq', 'lines']).where('task_id', '=', taskId).where('seq', '>', afterSeq).orderBy('seq').execute();
     return rows.map((r) => ({ taskId, seq: Number(r.seq), lines: JSON.parse(r.lines) as StoredLine[] }));
   }

@@ -61,15 +61,9 @@ function makeStore(db: Kysely<DB>, dialect: Dialect, pgPool: pg.Pool | undefined
     dialect,
     pgPool,
     async migrate() {
-      if (dialect === 'postgres') {
-        // Several servers may start at once on one database: serialise migrations.
-        await db.transaction().execute(async (trx) => {
-          await sql`select pg_advisory_xact_lock(424242)`.execute(trx);
-          await runMigrations(trx as unknown as Kysely<DB>, dialect);
-        });
-      } else {
-        await runMigrations(db, dialect);
-      }
+      // Kysely's migrator takes a lock of its own (an advisory lock on PostgreSQL), so
+      // several servers starting at once on one database migrate one at a time.
+      await runMigrations(db, dialect);
       migrated = true;
     },
     async ping() {
@@ -89,7 +83,6 @@ async function runMigrations(db: Kysely<DB>, dialect: Dialect): Promise<void> {
   const migrator = new Migrator({
     db,
     provider: { getMigrations: async () => migrationsFor(dialect) },
-    // within the advisory-locked transaction on PostgreSQL; Kysely's own lock otherwise
     migrationTableName: 'ferry_migrations',
     migrationLockTableName: 'ferry_migrations_lock',
   });

@@ -25,6 +25,7 @@ export {
 } from './judge.js';
 export {
   mannWhitney,
+  mannWhitneySorted,
   exactUCdf,
   hodgesLehmann,
   pairwiseDifferenceOrderStatistic,

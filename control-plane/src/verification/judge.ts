@@ -72,7 +72,7 @@
  *   low    → 0.98, 10%  (0.98 is Kayenta's fixed `confLevel`)
  */
 
-import { mannWhitney, type MannWhitneyResult } from './mann-whitney.js';
+import { mannWhitneySorted, type MannWhitneyResult } from './mann-whitney.js';
 
 export type Direction = 'increase' | 'decrease' | 'either';
 export type Sensitivity = 'high' | 'medium' | 'low';
@@ -352,7 +352,7 @@ function classifyMetric(m: MetricInput, st: Settings): MetricVerdict {
   }
 
   // Rule 7: test (also computed for constant series, for p and U).
-  const mw: MannWhitneyResult = mannWhitney(Array.from(c), Array.from(b), { confidence: st.confidence });
+  const mw: MannWhitneyResult = mannWhitneySorted(c, b, { confidence: st.confidence });
   const ciFinite = Number.isFinite(mw.ci[0]) && Number.isFinite(mw.ci[1]);
   const tested = {
     pValue: mw.pValue,

@@ -8,7 +8,7 @@
 import { EventEmitter } from 'node:events';
 import { mkdir, open, readdir, readFile, rename, truncate, unlink, type FileHandle } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import {
   encodeFrame, decodeDelegateFrame,
   type LogChunk, type TaskResult,
@@ -29,6 +29,18 @@ export interface SpoolEntry {
 }
 
 export const taskKey = (taskId: string, attempt: number): string => `${taskId}\u0000${attempt}`;
+
+/** Makes a new file's directory entry durable too (a power cut, not only a kill -9). */
+async function syncDir(dir: string): Promise<void> {
+  try {
+    const fh = await open(dir, 'r');
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  } catch { /* not supported everywhere; the data itself is synced */ }
+}
 
 export function fileNameFor(taskId: string, attempt: number): string {
   const safe = taskId.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 64);
@@ -221,8 +233,10 @@ export class TaskSpool {
   private async writeBatch(recs: Buffer[], sync: boolean): Promise<void> {
     if (!this.fh) {
       // a new task truncates any stale file; a recovered one appends
-      this.fh = await open(this.path, this.opened ? 'a' : 'w', 0o600);
+      const fresh = !this.opened;
+      this.fh = await open(this.path, fresh ? 'w' : 'a', 0o600);
       this.opened = true;
+      if (fresh) await syncDir(dirname(this.path));
     }
     const total = recs.reduce((n, r) => n + r.length, 0);
     const { bytesWritten } = await this.fh.writev(recs);

@@ -79,6 +79,13 @@ describe('shell handler', () => {
     expect(readdirSync(join(tmp.dir, 'work'))).toEqual([]);
   });
 
+  it('fails with StepFailed when the shell cannot be started', async () => {
+    const { result } = await run(assign('echo hi', { spec: { kind: 'shell', script: 'echo hi', shell: 'no-such-shell-xyz' } }));
+    expect(result.status).toBe('Failed');
+    expect(result.error?.kind).toBe('StepFailed');
+    expect(result.error?.message).toMatch(/cannot start no-such-shell-xyz/);
+  });
+
   it('does not hand the delegate token to steps', async () => {
     process.env.FERRY_DELEGATE_TOKEN = 'delegate-token-value';
     try {

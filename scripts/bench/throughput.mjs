@@ -1,0 +1,87 @@
+// Dispatch throughput: noop tasks per second end to end (queued → result stored) through
+// one ferry server on SQLite with 4 delegate processes. N tasks are submitted in bulk
+// (many concurrent POST /api/v1/tasks); the time runs from the first POST to the last
+// result stored (max finished_at in the store, read from the server's SQLite file
+// read-only: nothing is added to the server). Delegates: real ferry-delegate processes
+// (default) or, with BENCH_THROUGHPUT_DELEGATES=protocol, protocol clients in 4 processes
+// that answer each assignment at once (the server's share alone).
+// Baseline in the same run: graphile-worker draining the same number of no-op jobs
+// queued in bulk (its own perfTest's shape), one worker process, concurrency 8, on a
+// private PostgreSQL 15 with default durability; time from run() to the jobs table empty.
+// Note the asymmetry, which favours graphile-worker: Ferry's time includes the HTTP
+// submission of every task, graphile-worker's excludes the bulk queueing.
+// Target: ratio > 1 (aim 2x).
+import { spawnHelper, sleep } from './_lib.mjs';
+import {
+  runBench, track, startFerry, delegateToken, startDelegate, waitConnected, openServerDb, submitMany,
+  until, graphile, int, ratio, treeCpuMs,
+} from './_ferry.mjs';
+
+const N = Number(process.env.BENCH_THROUGHPUT_N ?? 20_000);
+const DELEGATES = Number(process.env.BENCH_THROUGHPUT_DELEGATES_N ?? 4);
+const CAPACITY = Number(process.env.BENCH_THROUGHPUT_CAPACITY ?? 16);
+const CONCURRENCY = Number(process.env.BENCH_THROUGHPUT_POSTS ?? 64);
+const MODE = process.env.BENCH_THROUGHPUT_DELEGATES ?? 'real';
+const NG = Number(process.env.BENCH_GRAPHILE_THROUGHPUT_N ?? N);
+const WAIT_MS = Number(process.env.BENCH_THROUGHPUT_WAIT_MS ?? 180_000);
+
+await runBench('throughput', async () => {
+  const srv = await startFerry();
+  const token = await delegateToken(srv);
+  const names = Array.from({ length: DELEGATES }, (_, i) => `tp-${i + 1}`);
+  const pids = [];
+  for (const name of names) {
+    if (MODE === 'protocol') {
+      const h = spawnHelper('_proto-delegate.mjs', [srv.url, token, name, String(CAPACITY)]);
+      track(h.proc);
+      pids.push(h.proc.pid);
+      await h.next((m) => m.ready, 30_000);
+    } else {
+      pids.push(startDelegate(srv, token, { name, capacity: CAPACITY, tags: ['proto'] }).proc.pid);
+    }
+  }
+  await waitConnected(srv, names);
+  const db = openServerDb(srv);
+  const count = db.prepare("select sum(status = 'succeeded') as ok, sum(status in ('failed', 'canceled')) as bad from tasks where queued_at >= ?");
+  const span = db.prepare('select min(queued_at) as q0, max(finished_at) as f1 from tasks where queued_at >= ?');
+  const body = () => ({ spec: { kind: 'noop' }, selectors: ['proto'] });
+
+  // warm up
+  const w0 = Date.now() - 1;
+  const warm = Math.min(500, Math.ceil(N / 20));
+  await submitMany(srv, warm, body, CONCURRENCY);
+  await until(() => (count.get(w0).ok ?? 0) >= warm, { timeoutMs: 60_000, what: 'the warm-up tasks' });
+  await sleep(500);
+
+  const cpu0 = { server: treeCpuMs(srv.proc.pid), delegates: pids.reduce((s, p) => s + treeCpuMs(p), 0), bench: process.cpuUsage() };
+  const t0 = Date.now();
+  await submitMany(srv, N, body, CONCURRENCY, t0 + WAIT_MS);
+  const submittedMs = Date.now() - t0;
+  let last = { ok: 0, bad: 0 };
+  await until(() => { last = count.get(t0); return (last.ok ?? 0) + (last.bad ?? 0) >= N; }, { everyMs: 100, timeoutMs: WAIT_MS, what: `${N} tasks to finish` }).catch((err) => {
+    throw new Error(`${err.message}: ${last.ok ?? 0} succeeded, ${last.bad ?? 0} failed; server: ${srv.stderrTail().slice(-500)}`);
+  });
+  const { f1 } = span.get(t0);
+  const elapsed = Number(f1) - t0;
+  const cpu = {
+    server: treeCpuMs(srv.proc.pid) - cpu0.server,
+    delegates: pids.reduce((s, p) => s + treeCpuMs(p), 0) - cpu0.delegates,
+    bench: (() => { const u = process.cpuUsage(cpu0.bench); return (u.user + u.system) / 1000; })(),
+  };
+  const rate = (N * 1000) / elapsed;
+  const who = MODE === 'protocol' ? `${DELEGATES} protocol-client processes × ${CAPACITY} slots` : `${DELEGATES} ferry-delegate processes × ${CAPACITY} slots`;
+  console.log(`ferry: ${int(N)} noop tasks in ${(elapsed / 1000).toFixed(2)} s from first POST to last result stored = ${int(rate)} tasks/s (${who}, SQLite; submission took ${(submittedMs / 1000).toFixed(2)} s, ${CONCURRENCY} POSTs in flight)`);
+  if (last.bad) console.log(`  WARNING: ${last.bad} tasks did not succeed`);
+  console.log(`  CPU during the run: server ${(cpu.server / elapsed * 100).toFixed(0)}% of a core, delegates ${(cpu.delegates / elapsed * 100).toFixed(0)}%, submitter (this process) ${(cpu.bench / elapsed * 100).toFixed(0)}%; per task: server ${(cpu.server * 1000 / N).toFixed(0)} µs, delegates ${(cpu.delegates * 1000 / N).toFixed(0)} µs`);
+
+  const g = await graphile('throughput', NG);
+  if (g.unavailable) {
+    console.log(`graphile-worker baseline not measured: ${g.unavailable}`);
+    console.log(`throughput: ferry ${int(rate)} noop tasks/s end to end (${who}); graphile-worker: not measured (${g.unavailable}); target > 1x: n/a`);
+    return;
+  }
+  if (g.left !== 0) throw new Error(`graphile-worker left ${g.left} jobs unfinished`);
+  console.log(`graphile-worker: ${int(g.n)} no-op jobs drained in ${(g.ms / 1000).toFixed(2)} s = ${int(g.perSec)} jobs/s (one worker, concurrency ${g.concurrency}, PostgreSQL 15 default fsync; bulk queueing took ${(g.queueMs / 1000).toFixed(2)} s, not counted)`);
+  const r = rate / g.perSec;
+  console.log(`throughput: ferry ${int(rate)} noop tasks/s end to end (${who}); graphile-worker ${int(g.perSec)} jobs/s; ratio ${ratio(rate, g.perSec)}; target > 1x (aim 2x): ${r > 1 ? 'PASS' : 'MISS'}`);
+});
