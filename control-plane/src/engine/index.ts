@@ -7,7 +7,7 @@ import type { AppContext } from '../context.js';
 import type { ModuleHandle } from '../modules.js';
 import { Engine } from './runtime.js';
 
-export { Engine, judgeData, toVerification, type EngineDeps, type ExecutionCommand, type ExecutionSummary, type PipelineSummary, type PipelineView, type SchedulerPort, type LogsPort } from './runtime.js';
+export { Engine, judgeData, toVerification, type EngineDeps, type ExecutionCommand, type ExecutionSummary, type PipelineSummary, type PipelineView, type SchedulerPort, type LogsPort, type LogQuery, type LogRun, type LogLineOut } from './runtime.js';
 export { start, apply, describeRun, pickRollbackArtifact, resolveInputs, mappingKey, type StartInput } from './machine.js';
 export { toExecutionDocument, type ExecutionDocument, type StageDocument, type StepDocument, type AttemptDocument } from './document.js';
 export { authorize, type EngineAction } from './permissions.js';

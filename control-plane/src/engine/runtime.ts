@@ -80,6 +80,10 @@ export interface ExecutionSummary {
   createdBy: string;
 }
 
+export interface LogQuery { stage?: string; step?: string; attempt?: number; phase?: number }
+export interface LogRun { runId: string; stage: string; step: string; attempt: number; try: number; phase: number | null }
+export interface LogLineOut extends LogRun { seq: number; stream: 0 | 1 | 2; at: number; line: string }
+
 export interface PipelineSummary { name: string; version: number; updatedAt: string }
 export interface PipelineView extends PipelineSummary { definition: PipelineDefinition; source: string; createdBy: string }
 
@@ -376,6 +380,55 @@ export class Engine implements TaskListener {
       return apply(s, toEvent(cmd, p.name), now, ctx);
     });
     return this.document(state!);
+  }
+
+  /**
+   * The step runs whose logs a query selects (GET …/logs). With stage and step: the
+   * latest attempt unless `attempt`, the latest try of each phase, every phase in order
+   * unless `phase`. Otherwise every run of each stage's latest attempt (or `attempt`).
+   */
+  selectRuns(state: ExecutionState, q: LogQuery): LogRun[] {
+    const stages = q.stage ? state.stages.filter((s) => s.id === q.stage) : state.stages;
+    if (q.stage && stages.length === 0) throw new FerryError('NOT_FOUND', `no stage ${q.stage} in execution ${state.id}`);
+    const exact = Boolean(q.stage && q.step);
+    const out: LogRun[] = [];
+    for (const s of stages) {
+      const a = q.attempt ? s.attempts[q.attempt - 1] : s.attempts[s.attempts.length - 1];
+      if (!a) continue;
+      const canary = state.definition.stages.find((d) => d.id === s.id)?.strategy.type === 'canary';
+      let runs = a.runs.filter((r) => r.task && (!q.step || r.stepId === q.step) && (q.phase === undefined || r.phase === q.phase));
+      if (exact) {
+        // the latest try of each (list, phase, pass)
+        const latest = new Map<string, (typeof runs)[number]>();
+        for (const r of runs) {
+          const k = `${r.list}|${r.phase}|${r.pass}`;
+          const prev = latest.get(k);
+          if (!prev || r.try > prev.try) latest.set(k, r);
+        }
+        runs = runs.filter((r) => latest.get(`${r.list}|${r.phase}|${r.pass}`) === r);
+      }
+      for (const r of runs) out.push({ runId: r.id, stage: s.id, step: r.stepId, attempt: a.attempt, try: r.try, phase: canary ? r.phase : null });
+    }
+    return out;
+  }
+
+  /** Stored lines of the selected runs, in order. `withNotes` keeps the server's stream-2 lines. */
+  async readLines(runs: LogRun[], withNotes: boolean): Promise<LogLineOut[]> {
+    const out: LogLineOut[] = [];
+    for (const r of runs) {
+      for (const c of await this.deps.logs.readTask(r.runId)) {
+        for (const [stream, at, text] of c.lines) {
+          if (stream === 2 && !withNotes) continue;
+          out.push({ ...r, seq: c.seq, stream, at, line: text });
+        }
+      }
+    }
+    return out;
+  }
+
+  /** Chunks of an execution's tasks as they are stored. Returns the unsubscribe. */
+  watchLogs(executionId: string, fn: (c: StoredChunk) => void): () => void {
+    return this.deps.logs.subscribe(`exec:${executionId}`, fn);
   }
 
   /** Subscribe to every committed change of one execution. Returns the unsubscribe. */
