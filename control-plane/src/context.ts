@@ -9,6 +9,7 @@ import type { SecretBox } from './store/secrets.js';
 import type { Gateway } from './gateway/gateway.js';
 import type { Scheduler } from './scheduler/scheduler.js';
 import type { LogStore } from './logs/log-store.js';
+import type { Bus } from './store/bus.js';
 
 export interface AppContext {
   readonly config: ServerConfig;
@@ -21,6 +22,8 @@ export interface AppContext {
   readonly gateway: Gateway;
   readonly scheduler: Scheduler;
   readonly logs: LogStore;
+  /** events between servers sharing one database (in-process on SQLite) */
+  readonly bus: Bus;
   /** filled by server.ts once the engine is built (engine/ owns its type) */
   engine: unknown;
   /** filled by server.ts once the rings module is built (rings/ owns its type) */

@@ -19,6 +19,7 @@ import { Gateway } from './gateway/gateway.js';
 import { buildServer } from './http/app.js';
 import type { AppContext } from './context.js';
 import { attachModules } from './modules.js';
+import { Bus } from './store/bus.js';
 
 export interface RunningServer {
   ctx: AppContext;
@@ -40,10 +41,14 @@ export async function startServer(config: ServerConfig, clock: Clock = systemClo
     leaseMs: config.leaseMs,
     delegateGraceMs: config.delegateGraceMs,
   });
+  const bus = new Bus(config.serverId, logger.child({ mod: 'bus' }), store.pgPool);
+  await bus.start();
+  scheduler.setBus(bus);
+  logs.setBus(bus);
   let shuttingDown = false;
   const gateway = new Gateway({ config, store, clock, logger, metrics, tokens, scheduler, logs, isShuttingDown: () => shuttingDown });
   const ctx: AppContext = {
-    config, store, clock, logger, metrics, tokens, secretBox, gateway, scheduler, logs,
+    config, store, clock, logger, metrics, tokens, secretBox, gateway, scheduler, logs, bus,
     engine: null, rings: null,
     get shuttingDown() { return shuttingDown; },
     set shuttingDown(v: boolean) { shuttingDown = v; },
@@ -55,6 +60,11 @@ export async function startServer(config: ServerConfig, clock: Clock = systemClo
   let q = store.db.updateTable('delegates').set({ connected: 0, disconnected_at: now, session_id: null }).where('connected', '=', 1);
   if (store.dialect === 'postgres') q = q.where('last_seen_at', '<', now - 3 * config.heartbeatMs);
   await q.execute();
+
+  bus.on('token.revoked', (e) => {
+    tokens.invalidate();
+    gateway.onTokenRevoked(e.tokenId);
+  });
 
   const modules = await attachModules(ctx);
   const app = await buildServer(ctx);
@@ -81,6 +91,7 @@ export async function startServer(config: ServerConfig, clock: Clock = systemClo
       await gateway.closeAll();
       await app.close();
       await logs.close();
+      await bus.close();
       await store.close();
       logger.info('stopped');
     })();

@@ -22,6 +22,8 @@ export interface DelegateConfig {
   readonly logLevel: string;
   readonly reconnectBaseMs: number;
   readonly reconnectMaxMs: number;
+  /** how long a new version's worker has to connect and pass its self-checks (FERRY_PROBATION_TIMEOUT) */
+  readonly probationTimeoutMs: number;
 }
 
 export class ConfigError extends Error {
@@ -123,6 +125,7 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Del
     logLevel: levelValue,
     reconnectBaseMs: duration(internal('FERRY_RECONNECT_BASE'), '500ms', 1),
     reconnectMaxMs: duration(internal('FERRY_RECONNECT_MAX'), '30s', 1),
+    probationTimeoutMs: duration(internal('FERRY_PROBATION_TIMEOUT'), '60s', 1),
   };
   if (cfg.reconnectMaxMs < cfg.reconnectBaseMs) {
     throw new ConfigError('FERRY_RECONNECT_MAX: must not be below FERRY_RECONNECT_BASE');

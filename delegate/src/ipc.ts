@@ -16,11 +16,13 @@ export type SupervisorToWorker =
   /** forwarded to the server as an `upgrade.status` frame */
   | { type: 'upgrade.status'; version: string; state: UpgradeStatus['state']; error?: string }
   /** stop taking tasks, finish the running ones, flush, exit 0 */
-  | { type: 'drain' };
+  | { type: 'drain' }
+  /** probation passed: take tasks, and reconnect at once so the server sees a normal session */
+  | { type: 'probation.end' };
 
 export function isSupervisorMessage(m: unknown): m is SupervisorToWorker {
   const t = (m as { type?: unknown } | null)?.type;
-  return t === 'upgrade.status' || t === 'drain';
+  return t === 'upgrade.status' || t === 'drain' || t === 'probation.end';
 }
 
 export function isWorkerMessage(m: unknown): m is WorkerToSupervisor {

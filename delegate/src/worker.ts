@@ -51,10 +51,17 @@ export class Worker {
   private stopping: Promise<void> | null = null;
   private started: Promise<void> | null = null;
   private readonly env: NodeJS.ProcessEnv;
+  /**
+   * Started by the supervisor on probation (FERRY_PROBATION=1): hello says so and
+   * announces capacity 0, so no task runs on a version that has not passed probation.
+   * The supervisor ends it over IPC (`probation.end`).
+   */
+  private probation: boolean;
 
   constructor(private readonly opts: WorkerOptions) {
     this.config = opts.config;
     this.env = opts.env ?? process.env;
+    this.probation = this.env.FERRY_PROBATION === '1' || this.env.FERRY_DELEGATE_PROBATION === '1';
     this.version = opts.version ?? delegateVersion(this.env);
     this.logger = opts.logger ?? createLogger(opts.config.logLevel, { component: 'delegate-worker' });
     this.handlers = opts.handlers ?? createHandlers({ env: this.env });
@@ -130,7 +137,7 @@ export class Worker {
       tags: [...this.config.tags],
       capabilities: [...this.checks.capabilities],
       // a draining worker takes nothing new
-      capacity: this.runner.isDraining ? 0 : this.config.capacity,
+      capacity: this.runner.isDraining || this.probation ? 0 : this.config.capacity,
       running: this.spool.list().filter((t) => !t.suppressed).map((t) => ({
         taskId: t.taskId,
         attempt: t.attempt,
@@ -139,7 +146,7 @@ export class Worker {
         finished: t.finished,
       })),
     };
-    if (this.env.FERRY_PROBATION === '1') hello.probation = true;
+    if (this.probation) hello.probation = true;
     const failedVersions = (this.env.FERRY_FAILED_VERSIONS ?? '').split(',').map((v) => v.trim()).filter(Boolean).slice(0, 16);
     if (failedVersions.length > 0) hello.failedVersions = failedVersions;
     return hello;
@@ -175,6 +182,10 @@ export class Worker {
   private readonly frameHandlers: FrameHandlers = {
     heartbeat: () => { /* lastReceived is tracked by the connection */ },
     'task.assign': (f) => {
+      if (this.probation && !this.spool.get(f.taskId, f.attempt)) {
+        this.connection.send({ type: 'task.reject', taskId: f.taskId, attempt: f.attempt, reason: 'capacity', message: 'this delegate version is on probation' });
+        return;
+      }
       const d = this.runner.assign(f);
       if (d.accept) {
         this.connection.send({ type: 'task.accept', taskId: f.taskId, attempt: f.attempt });
@@ -216,6 +227,13 @@ export class Worker {
     if (!isSupervisorMessage(m)) return;
     if (m.type === 'drain') {
       void this.shutdown('supervisor asked to drain');
+      return;
+    }
+    if (m.type === 'probation.end') {
+      if (!this.probation) return;
+      this.probation = false;
+      this.logger.info('probation passed; reconnecting as a normal session');
+      this.connection?.reconnectNow('probation ended');
       return;
     }
     const frame = { type: 'upgrade.status' as const, version: m.version, state: m.state, ...(m.error !== undefined ? { error: String(m.error).slice(0, 8192) } : {}) };

@@ -54,7 +54,7 @@ process.on('exit', () => {
   for (const k of exitKills) { try { k(); } catch { /* gone */ } }
 });
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
-  process.on(sig, () => { process.stderr.write(`bench: ${sig}; stopping what it started\n`); void cleanupAll().finally(() => process.exit(130)); });
+  process.on(sig, () => { if (procs.size || cleanups.length) process.stderr.write(`bench: ${sig}; stopping what it started\n`); void cleanupAll().finally(() => process.exit(130)); });
 }
 
 /**

@@ -73,8 +73,7 @@ export const tokenRoutes: FastifyPluginAsync<PluginOpts> = async (app, { ctx }) 
     const t = await getToken(ctx.store.db, req.params.id);
     if (!t || (!p.system && t.accountId !== p.accountId)) throw new FerryError('NOT_FOUND', `no token ${req.params.id}`);
     await revokeToken(ctx.store.db, t.id, ctx.clock.now());
-    ctx.tokens.invalidate();
-    ctx.gateway.onTokenRevoked(t.id);
+    ctx.bus.publish({ type: 'token.revoked', tokenId: t.id });
     return shape({ ...t, revoked: true });
   });
 };

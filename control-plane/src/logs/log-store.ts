@@ -11,6 +11,7 @@ import type { Store, Trx } from '../store/db.js';
 import type { Clock } from '../clock.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
+import type { Bus } from '../store/bus.js';
 
 /** A stored line: [stream, epochMs, text]; stream 0 stdout, 1 stderr, 2 delegate/server note. */
 export type StoredLine = [0 | 1 | 2, number, string];
@@ -47,6 +48,7 @@ export class LogStore {
   private readonly executionOf = new Map<string, string | null>();
   private applier: ResultApplier | null = null;
   private idle: Array<() => void> = [];
+  private bus: Bus | null = null;
 
   constructor(
     private readonly store: Store,
@@ -59,6 +61,23 @@ export class LogStore {
 
   setResultApplier(a: ResultApplier): void {
     this.applier = a;
+  }
+
+  /** Live tails on every server: chunks stored by another server are read back and published here. */
+  setBus(bus: Bus): void {
+    this.bus = bus;
+    bus.on('log.chunk', (e, local) => {
+      if (local) return;
+      const wantTask = this.events.listenerCount(`task:${e.taskId}`) > 0;
+      const wantExec = e.executionId !== null && this.events.listenerCount(`exec:${e.executionId}`) > 0;
+      if (!wantTask && !wantExec) return;
+      void this.store.db.selectFrom('log_chunks').select(['seq', 'lines']).where('task_id', '=', e.taskId).where('seq', '=', e.seq).executeTakeFirst().then((r) => {
+        if (!r) return;
+        const c: StoredChunk = { taskId: e.taskId, seq: Number(r.seq), lines: JSON.parse(r.lines) as StoredLine[] };
+        if (wantTask) this.events.emit(`task:${e.taskId}`, c);
+        if (wantExec) this.events.emit(`exec:${e.executionId}`, c);
+      }).catch(() => undefined);
+    });
   }
 
   /** Stores a chunk; resolves with the cumulative sequence to acknowledge. */
@@ -209,6 +228,7 @@ export class LogStore {
       this.events.emit(`task:${c.taskId}`, c);
       const exec = this.executionOf.get(c.taskId);
       if (exec) this.events.emit(`exec:${exec}`, c);
+      if (this.bus?.distributed) this.bus.publish({ type: 'log.chunk', taskId: c.taskId, executionId: exec ?? null, seq: c.seq });
     }
     if (results.length) {
       for (const r of results) { this.lastSeq.delete(r.frame.taskId); this.executionOf.delete(r.frame.taskId); }

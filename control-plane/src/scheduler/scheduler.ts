@@ -16,6 +16,7 @@ import type { SecretBox } from '../store/secrets.js';
 import { readSecrets } from '../store/secrets.js';
 import type { LogStore, ResultApplier } from '../logs/log-store.js';
 import { claimTasks } from './claim.js';
+import type { Bus } from '../store/bus.js';
 import type { DispatchTarget, QueueInfo, TaskInput, TaskListener, TaskOutcome } from './types.js';
 
 export interface SchedulerOptions {
@@ -48,6 +49,8 @@ export class Scheduler implements ResultApplier {
   private sweepTimer: NodeJS.Timeout | null = null;
   private stopped = false;
   private readonly queuedAtMemo = new Map<string, number>();
+  private bus: Bus | null = null;
+  private announced = false;
 
   constructor(
     private readonly store: Store,
@@ -63,6 +66,16 @@ export class Scheduler implements ResultApplier {
 
   setListener(l: TaskListener): void {
     this.listener = l;
+  }
+
+  /** Several servers on one database: queued tasks and cancels travel on the bus. */
+  setBus(bus: Bus): void {
+    this.bus = bus;
+    bus.on('task.queued', (_e, local) => { if (!local) this.wake(false); });
+    bus.on('task.cancel', (e, local) => {
+      if (local) return;
+      this.targets.get(e.delegateId)?.send({ type: 'task.cancel', taskId: e.taskId, attempt: e.attempt, reason: e.reason });
+    });
   }
 
   start(): void {
@@ -122,9 +135,19 @@ export class Scheduler implements ResultApplier {
     this.wake();
   }
 
-  /** Asks for a dispatch pass; coalesced, runs on the next tick. */
-  wake(): void {
+  /**
+   * Asks for a dispatch pass; coalesced, runs on the next tick. With several servers the
+   * others are told too (once per tick), since they may hold the eligible delegate.
+   */
+  wake(announce = true): void {
     if (this.stopped) return;
+    if (announce && this.bus?.distributed && !this.announced) {
+      this.announced = true;
+      setImmediate(() => {
+        this.announced = false;
+        this.bus?.publish({ type: 'task.queued' });
+      });
+    }
     if (this.passRunning) {
       this.passAgain = true;
       return;
@@ -385,6 +408,9 @@ export class Scheduler implements ResultApplier {
     const t = row.delegate_id ? this.targets.get(row.delegate_id) : undefined;
     if (t) {
       t.send({ type: 'task.cancel', taskId, attempt: row.attempt, reason });
+    } else if (this.bus?.distributed && row.delegate_id) {
+      // The delegate's socket may be held by another server.
+      this.bus.publish({ type: 'task.cancel', taskId, delegateId: row.delegate_id, attempt: row.attempt, reason });
     } else if (row.status === 'assigned') {
       await this.failTasks([taskId], { kind: 'Canceled', message: reason, retryable: false }, 'canceled', ['assigned']);
     }

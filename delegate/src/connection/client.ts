@@ -109,6 +109,8 @@ export class Connection extends EventEmitter {
   private heartbeatMs = 10_000;
   /** sent once the next session is welcomed (e.g. an upgrade.status during a disconnect) */
   private deferred: DelegateFrame[] = [];
+  /** the next session opens without the backoff delay (reconnectNow) */
+  private immediate = false;
   private readonly onSpoolReady = (): void => this.session?.notify();
 
   constructor(private readonly opts: ConnectionOptions) {
@@ -148,6 +150,28 @@ export class Connection extends EventEmitter {
   }
 
   /**
+   * Closes the current session and opens a new one at once, with a fresh hello (used
+   * when probation ends: the server must see a normal session).
+   */
+  reconnectNow(reason: string): void {
+    if (this.stopping || !this.loop) return;
+    const s = this.session;
+    if (!s || s.ws.readyState === WebSocket.CLOSED) {
+      // between sessions: just cut the backoff wait short
+      this.sleepCancel?.();
+      return;
+    }
+    this.immediate = true;
+    s.end ??= { kind: 'close', code: CloseCode.Normal, reason };
+    try {
+      if (s.ws.readyState === WebSocket.OPEN) s.ws.close(CloseCode.Normal, reason);
+      else s.ws.terminate();
+    } catch {
+      s.ws.terminate();
+    }
+  }
+
+  /**
    * Sends a control frame (accept, reject, heartbeat, upgrade.status) ahead of spooled
    * data. Returns false if there is no welcomed session; with `defer`, the frame then
    * waits for the next session.
@@ -168,6 +192,11 @@ export class Connection extends EventEmitter {
     while (!this.stopping) {
       const { end, welcomed, savedAttempts, upMs } = await this.runSession();
       if (this.stopping) break;
+      if (this.immediate) {
+        this.immediate = false;
+        logger.info(describeEnd(end), 'reconnecting at once');
+        continue;
+      }
       // A session that was welcomed but died young does not earn the reset it got at welcome.
       if (welcomed && upMs < (this.opts.stableSessionMs ?? 30_000)) backoff.restore(savedAttempts);
       const fatal = isFatalEnd(end);

@@ -58,6 +58,8 @@ export function createHttpHandler(): TaskHandler<HttpSpec> {
         return failed('StepFailed', `invalid expectBody: ${(err as Error).message}`);
       }
     }
+    // Lazily loaded, on the request path only (see http-report.ts).
+    const report = await import('./http-report.js');
     log.line(0, `> ${method} ${url.toString()}`);
     const t0 = Date.now();
     let res: Response;
@@ -76,7 +78,7 @@ export function createHttpHandler(): TaskHandler<HttpSpec> {
       log.line(1, `request failed: ${why}`);
       return failed('StepFailed', masker.mask(`${method} ${url.toString()} failed: ${why}`));
     }
-    log.line(0, `< ${res.status} ${res.statusText} (${Date.now() - t0}ms)`);
+    log.line(0, report.statusLine(res.status, res.statusText, Date.now() - t0));
     let body: { text: string; truncated: boolean };
     try {
       body = await readBody(res, MAX_MATCH_BYTES);
