@@ -64,12 +64,20 @@ await runBench('engine', async () => {
     }
   };
   const get = (id) => srv.call('GET', `/api/v1/executions/${id}`);
-  const finish = async (id, pollMs = 10) => until(async () => { const d = await get(id); return TERMINAL.has(d.status) ? d : null; }, { everyMs: pollMs, timeoutMs: 60_000, what: `execution ${id}` });
+  const where = (d) => (d.stages ?? []).map((s) => `${s.id} ${s.status}${s.attempts?.length ? ` <${s.attempts.at(-1).status}, ${s.attempts.at(-1).operationStatus}>` : ''} [${(s.steps ?? []).map((st) => `${st.id} ${st.status}`).join(', ')}]`).join('; ');
+  const finish = async (id, { pollMs = 10, timeoutMs = 30_000 } = {}) => {
+    let d = null;
+    try {
+      return await until(async () => { d = await get(id); return TERMINAL.has(d.status) ? d : null; }, { everyMs: pollMs, timeoutMs, what: `execution ${id}` });
+    } catch (err) {
+      throw new Error(`execution ${id} did not finish within ${timeoutMs / 1000} s: ${d ? `${d.status}; ${where(d)}` : err.message}`);
+    }
+  };
 
   // warm up
   for (let i = 0; i < 3; i++) {
     const d = await finish((await run()).id);
-    if (d.status !== 'Succeeded') throw new Error(`warm-up execution ended ${d.status}: ${JSON.stringify(d).slice(0, 500)}`);
+    if (d.status !== 'Succeeded') throw new Error(`warm-up execution ended ${d.status}: ${where(d)}`);
   }
 
   // bare dispatch, one at a time

@@ -5,6 +5,7 @@
  * (and the `x-ferry-sha256` header when present). Any mismatch is an UpgradeRefused.
  */
 import { createWriteStream } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -77,7 +78,6 @@ export async function fetchBundle(o: FetchBundleOptions): Promise<{ dir: string;
   await pipeline(counted, createWriteStream(file));
 
   const files = join(o.dir, 'files');
-  const { mkdir } = await import('node:fs/promises');
   await mkdir(files, { recursive: true });
   try {
     await tar.x({
