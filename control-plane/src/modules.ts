@@ -4,6 +4,7 @@
  */
 import type { AppContext } from './context.js';
 import { attachRings } from './rings/index.js';
+import { attachEngine } from './engine/index.js';
 
 export interface ModuleHandle {
   start(): Promise<void>;
@@ -12,6 +13,7 @@ export interface ModuleHandle {
 
 export async function attachModules(ctx: AppContext): Promise<ModuleHandle> {
   const started: ModuleHandle[] = [];
+  started.push(await attachEngine(ctx));
   started.push(await attachRings(ctx));
   return {
     async start() {

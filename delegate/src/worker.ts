@@ -312,7 +312,11 @@ export async function runWorker(argv: readonly string[] = process.argv, env: Nod
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   if (process.send) {
-    process.on('message', (m) => worker.handleSupervisorMessage(m));
+    process.on('message', (m) => {
+      // a drain ends the process like SIGTERM does
+      if ((m as { type?: unknown } | null)?.type === 'drain') stop('supervisor asked to drain');
+      else worker.handleSupervisorMessage(m);
+    });
     // The supervisor went away: nobody would restart or upgrade this worker any more.
     process.on('disconnect', () => stop('supervisor gone'));
   }

@@ -53,8 +53,9 @@ process.on('exit', () => {
   for (const e of procs) signal(e, 'SIGKILL');
   for (const k of exitKills) { try { k(); } catch { /* gone */ } }
 });
+let interrupted = null;
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
-  process.on(sig, () => { if (procs.size || cleanups.length) process.stderr.write(`bench: ${sig}; stopping what it started\n`); void cleanupAll().finally(() => process.exit(130)); });
+  process.on(sig, () => { interrupted = sig; if (procs.size || cleanups.length) process.stderr.write(`bench: ${sig}; stopping what it started\n`); void cleanupAll().finally(() => process.exit(130)); });
 }
 
 /**
@@ -71,8 +72,12 @@ export async function runBench(name, body, { timeoutMs = Number(process.env.BENC
     ]);
   } catch (err) {
     code = 1;
-    process.stderr.write(`${name}: ${err?.stack ?? err}\n`);
-    console.log(`${name}: FAILED: ${String(err?.message ?? err).split('\n')[0]}`);
+    if (interrupted) {
+      console.log(`${name}: FAILED: interrupted by ${interrupted}`);
+    } else {
+      process.stderr.write(`${name}: ${err?.stack ?? err}\n`);
+      console.log(`${name}: FAILED: ${String(err?.message ?? err).split('\n')[0]}`);
+    }
   } finally {
     clearTimeout(timer);
     await cleanupAll();
@@ -255,11 +260,18 @@ export const wallNow = () => performance.timeOrigin + performance.now();
 let pgPromise = null;
 async function pgOnce() {
   if (!pgPromise) {
-    pgPromise = startPostgres({ onProcess: (p) => track(p) }).then((pg) => {
-      exitKills.push(() => killPostgresSync(pg));
+    pgPromise = (async () => {
+      let started = null;
+      // until it is up, a dying benchmark kills the postmaster by its pid file (the spawned
+      // runuser cannot relay SIGKILL, and would relay SIGTERM as a smart shutdown)
+      const kill = () => { if (started) killPostgresSync(started); };
+      exitKills.push(kill);
+      onCleanup(async () => kill());
+      const pg = await startPostgres({ onStart: (h) => { started = h; } });
       onCleanup(() => pg.stop());
+      if (cleaning) { await pg.stop(); throw new Error('interrupted'); }
       return pg;
-    });
+    })();
   }
   return pgPromise;
 }

@@ -34,10 +34,11 @@ export function pgUnavailable() {
 const asPg = (bin, args) => (isRoot() ? ['runuser', ['-u', 'postgres', '--', path.join(PG_BIN, bin), ...args]] : [path.join(PG_BIN, bin), args]);
 
 /**
- * Starts the cluster; resolves with {url, port, dir, stop()}. `onProcess(proc)` is told the
- * spawned process so the caller's cleanup can kill it if the benchmark dies.
+ * Starts the cluster; resolves with {url, port, dir, stop()}. `onStart(handle)` is told
+ * {proc, data, dir} as soon as postgres is spawned, so that the caller can kill it
+ * (killPostgresSync) if the benchmark dies before this resolves.
  */
-export async function startPostgres({ onProcess = () => {} } = {}) {
+export async function startPostgres({ onStart = () => {} } = {}) {
   const why = pgUnavailable();
   if (why) throw new Error(why);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-bench-pg-'));
@@ -59,7 +60,7 @@ export async function startPostgres({ onProcess = () => {} } = {}) {
       '-c', 'dynamic_shared_memory_type=mmap', '-c', 'log_min_messages=warning', '-c', 'logging_collector=off',
     ]);
     const proc = spawn(cmd, args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
-    onProcess(proc);
+    onStart({ proc, data, dir });
     let out = '';
     proc.stdout.on('data', (d) => { out += d; });
     proc.stderr.on('data', (d) => { out += d; });
@@ -94,11 +95,12 @@ export async function startPostgres({ onProcess = () => {} } = {}) {
   throw new Error(`PostgreSQL did not start:\n${lastErr}`);
 }
 
-/** Kills a postmaster synchronously (process 'exit' handlers). */
+/** Kills a postmaster synchronously and removes its directory (process 'exit' handlers). */
 export function killPostgresSync(pg) {
   try {
     const pm = Number(fs.readFileSync(path.join(pg.data, 'postmaster.pid'), 'utf8').split('\n')[0]);
     if (pm) process.kill(pm, 'SIGKILL');
   } catch { /* gone */ }
   try { pg.proc.kill('SIGKILL'); } catch { /* gone */ }
+  try { fs.rmSync(pg.dir, { recursive: true, force: true }); } catch { /* best effort */ }
 }

@@ -60,6 +60,7 @@ async function assignLatency(srv, token) {
     await withTimeout(pd.complete(f), 10_000, 'the result acknowledgement');
     const t2 = await posted;
     if (i >= WARM) { assign.push(t - t0); post.push(t2 - t0); }
+    await sleep(2); // idle between tasks, as the graphile-worker baseline does
   }
   pd.close();
   return { assign: stats(assign), post: stats(post) };

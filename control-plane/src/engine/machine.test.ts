@@ -20,8 +20,9 @@ class Sim {
     liveColor: () => this.color,
   };
 
-  constructor(yaml: string, opts: { inputs?: Record<string, unknown>; artifact?: string | null; executor?: string; free?: (s: Slot) => boolean; deployments?: DeploymentRecord[]; id?: string } = {}) {
+  constructor(yaml: string, opts: { inputs?: Record<string, unknown>; artifact?: string | null; executor?: string; free?: (s: Slot) => boolean; deployments?: DeploymentRecord[]; id?: string; color?: string } = {}) {
     if (opts.free) this.free = opts.free;
+    if (opts.color) this.color = opts.color;
     if (opts.deployments) this.deployments = opts.deployments;
     const definition = parsePipeline(yaml);
     const t = start({
@@ -582,6 +583,53 @@ describe('execution scenarios: the exact attempt pairs', () => {
     // the document always holds the contract's fields
     const doc = sim.doc();
     expect(Object.keys(doc)).toEqual(expect.arrayContaining(['id', 'pipeline', 'pipelineVersion', 'status', 'artifact', 'inputs', 'createdAt', 'finishedAt', 'resumedFrom', 'stages']));
+  });
+});
+
+describe('blue/green', () => {
+  const bg = pipeline(deployStage('prod', shell('deploy'), `    strategy:
+      blueGreen:
+        verify:
+          source: { type: prometheus, url: "http://prom:9090" }
+          metrics: [{ name: errors, query: 'x' }]
+    swapSteps:
+      - { id: swap, type: shell, script: './swap.sh "$FERRY_COLOR"' }
+    failureStrategies: [{ on: [Verification], action: { type: stageRollback } }]
+`));
+  const verdict = (sim: Sim, v: 'Healthy' | 'Unhealthy') =>
+    sim.send({ type: 'taskFinished', stepRunId: sim.task('verify').taskId, result: { status: 'Succeeded', outputs: {} }, verification: { verdict: v } });
+
+  test('deploys to the idle colour, verifies, swaps, records the live colour', () => {
+    const sim = new Sim(bg, { color: 'blue' });
+    expect(sim.task('deploy').env.FERRY_COLOR).toBe('green');
+    sim.run('deploy');
+    verdict(sim, 'Healthy');
+    expect(sim.task('swap').env.FERRY_COLOR).toBe('green');
+    sim.run('swap');
+    expect(sim.status).toBe('Succeeded');
+    expect(sim.effects).toContainEqual(expect.objectContaining({ type: 'setLiveColor', color: 'green' }));
+    expect(sim.stageDoc('prod').liveColor).toBe('green');
+  });
+
+  test('a failed verification swaps back only (no redeploy)', () => {
+    const sim = new Sim(bg, { color: 'blue' });
+    sim.run('deploy');
+    verdict(sim, 'Unhealthy');
+    expect(sim.task('swap').env.FERRY_COLOR).toBe('blue');
+    sim.run('swap');
+    expect(sim.status).toBe('Failed');
+    expect(sim.pairs('prod').slice(-2)).toEqual(['InProgress/GatesFailed', 'Failed/GatesFailed']);
+    expect(sim.tasks().map((t) => t.step)).toEqual(['deploy', 'verify', 'swap']);
+    expect(sim.stageDoc('prod')).toMatchObject({ rolledBack: true, liveColor: 'blue' });
+  });
+
+  test('first deployment: nothing live, nothing to swap back to', () => {
+    const sim = new Sim(bg);
+    expect(sim.task('deploy').env.FERRY_COLOR).toBe('blue');
+    sim.run('deploy');
+    verdict(sim, 'Unhealthy');
+    expect(sim.status).toBe('Failed');
+    expect(sim.tasks().map((t) => t.step)).toEqual(['deploy', 'verify']);
   });
 });
 

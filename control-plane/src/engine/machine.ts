@@ -758,7 +758,8 @@ class Machine {
     }
     const verifyNode = (cfg: VerifyConfig): StepNode => ({ parallel: false, steps: [{ ...stepDefaults(VERIFY_STEP_ID), type: 'verify', verify: cfg }] });
     switch (a.list) {
-      case 'rollback': return def.strategy.type === 'blueGreen' ? def.swapSteps : def.rollbackSteps;
+      // blue/green: the swap back to the colour that was live (nothing to swap back to on a first deployment)
+      case 'rollback': return def.strategy.type === 'blueGreen' ? (this.latest(i)?.previousColor ? def.swapSteps : []) : def.rollbackSteps;
       case 'swap': return def.swapSteps;
       case 'main': {
         const s = def.strategy;

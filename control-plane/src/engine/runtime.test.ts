@@ -209,6 +209,39 @@ describe('engine runtime', () => {
     expect((await fresh.get(f.admin, f.accountId, doc.id)).status).toBe('Succeeded');
   });
 
+  test('crash safety: a cancel lost after the commit is sent again at start; a missed start is applied', async () => {
+    const f = await fixture();
+    await f.engine.applyPipeline(f.admin, f.accountId, 'web', PIPE);
+    const doc = await f.engine.run(f.admin, f.accountId, 'web', { artifact: '1' });
+    const [t] = await f.queued(doc.id);
+    // started on a delegate, but the engine never heard it
+    await f.store.db.updateTable('tasks').set({ status: 'running', started_at: f.clock.now(), delegate_id: null }).where('id', '=', t!.id).execute();
+    // an engine whose cancels are lost (killed right after its commit)
+    const lossy = new Engine({ store: f.store, scheduler: { ...f.scheduler, enqueue: f.scheduler.enqueue.bind(f.scheduler), wake: () => undefined, describeQueue: async () => null, cancel: async () => undefined }, logs: f.logs, clock: f.clock, logger: pino({ level: 'silent' }) });
+    await lossy.command(f.admin, f.accountId, doc.id, { type: 'abort' });
+    const mid = await f.engine.get(f.admin, f.accountId, doc.id);
+    expect(mid.stages[0]!.attempts[0]!.operationStatus).toBe('Canceled'); // the run looked queued to it
+    const fresh = f.newEngine();
+    await fresh.start();
+    await fresh.stop();
+    const row = await f.store.db.selectFrom('tasks').select(['cancel_requested', 'status']).where('id', '=', t!.id).executeTakeFirstOrThrow();
+    expect(row.cancel_requested).toBe(1);
+  });
+
+  test('crash safety: a slot freed but never handed on is granted at start', async () => {
+    const f = await fixture();
+    await f.engine.applyPipeline(f.admin, f.accountId, 'web', PIPE);
+    const a = await f.engine.run(f.admin, f.accountId, 'web', { artifact: '1' });
+    const b = await f.engine.run(f.admin, f.accountId, 'web', { artifact: '2' });
+    // a's holder row went away (its release committed) but the grant never ran
+    await f.store.db.withTables<{ engine_slots: { execution_id: string; key: string } }>().deleteFrom('engine_slots').where('execution_id', '=', a.id).where('key', '!=', 'account').execute();
+    expect((await f.engine.get(f.admin, f.accountId, b.id)).stages[0]!.status).toBe('Queued');
+    const fresh = f.newEngine();
+    await fresh.start();
+    await fresh.stop();
+    expect((await fresh.get(f.admin, f.accountId, b.id)).stages[0]!.attempts[0]!.operationStatus).toBe('QueuedForAgent');
+  });
+
   test('permissions: viewers read; deployers act only within their scopes', async () => {
     const f = await fixture();
     const prodPipe = `pipeline: web

@@ -167,6 +167,11 @@ export class Engine implements TaskListener {
         this.log.error({ err, executionId: r.id }, 'reconcile failed');
       }
     }
+    // a task still queued or running for an execution that ended: its cancel was lost
+    const orphans = await this.db.selectFrom('tasks').innerJoin('executions', 'executions.id', 'tasks.execution_id')
+      .select(['tasks.id as id']).where('tasks.status', 'in', ['queued', 'assigned', 'running'])
+      .where('executions.status', 'not in', ACTIVE).execute();
+    for (const o of orphans) await this.deps.scheduler.cancel(o.id, 'the execution ended').catch((err) => this.log.warn({ err, taskId: o.id }, 'cancel failed'));
     await this.grantAll();
   }
 

@@ -162,13 +162,23 @@ export class Connection extends EventEmitter {
       return;
     }
     this.immediate = true;
-    s.end ??= { kind: 'close', code: CloseCode.Normal, reason };
-    try {
-      if (s.ws.readyState === WebSocket.OPEN) s.ws.close(CloseCode.Normal, reason);
-      else s.ws.terminate();
-    } catch {
-      s.ws.terminate();
-    }
+    const close = (): void => {
+      if (this.session !== s || s.ws.readyState === WebSocket.CLOSED) return;
+      s.end ??= { kind: 'close', code: CloseCode.Normal, reason };
+      try {
+        if (s.ws.readyState === WebSocket.OPEN) s.ws.close(CloseCode.Normal, reason);
+        else s.ws.terminate();
+      } catch {
+        s.ws.terminate();
+      }
+    };
+    // control frames already queued (e.g. an upgrade.status) go out first, briefly
+    const until = Date.now() + 1000;
+    const poll = (): void => {
+      if (s.control.length === 0 || !s.alive || Date.now() > until) close();
+      else setTimeout(poll, 5);
+    };
+    poll();
   }
 
   /**

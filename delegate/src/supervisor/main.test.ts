@@ -25,7 +25,10 @@ describe('ferry-delegate supervisor', () => {
     tmp = tempDir();
     conns = [];
     wss = new WebSocketServer({ noServer: true });
-    server = createServer();
+    server = createServer((_req, res) => {
+      res.writeHead(404, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ error: { code: 'NOT_FOUND', message: 'no release 0.2.0' } }));
+    });
     server.on('upgrade', (req, socket, head) => wss.handleUpgrade(req, socket, head, (ws) => {
       const c: Conn = { ws, frames: [] };
       ws.on('message', (d: Buffer) => {
@@ -83,10 +86,11 @@ describe('ferry-delegate supervisor', () => {
     expect(first.frames[0]).toMatchObject({ type: 'hello', name: 'sup-test', version: '0.1.0' });
     welcome(first);
 
-    // the supervisor answers an upgrade (for now: it cannot), the worker forwards that to the server
+    // an upgrade the server cannot deliver: refused, reported through the worker, still on 0.1.0
     send(first, { type: 'upgrade', version: '0.2.0', sha256: 'a'.repeat(64), url: '/api/v1/releases/0.2.0/bundle' });
-    await waitFor(() => first.frames.some((f) => f.type === 'upgrade.status'), 10_000, 'upgrade.status');
-    expect(first.frames.find((f) => f.type === 'upgrade.status')).toMatchObject({ version: '0.2.0', state: 'failed' });
+    await waitFor(() => first.frames.some((f) => f.type === 'upgrade.status' && f.state === 'failed'), 10_000, 'upgrade.status failed');
+    expect(first.frames.filter((f) => f.type === 'upgrade.status').map((f) => (f as { state: string }).state)).toEqual(['downloading', 'failed']);
+    expect(first.frames.find((f) => f.type === 'upgrade.status' && f.state === 'failed')).toMatchObject({ version: '0.2.0', error: expect.stringMatching(/HTTP 404: no release 0.2.0/) });
 
     const [workerPid] = childPids(p.pid!);
     expect(workerPid).toBeGreaterThan(0);

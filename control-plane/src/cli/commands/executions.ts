@@ -116,7 +116,8 @@ interface LogEvent { stage: string; step: string; attempt: number; try: number; 
  * and, with `progress`, every stage and step status change. Reconnects when the stream
  * breaks, without printing a line twice. Returns the final document.
  */
-async function followExecution(client: Client, id: string, o: { query: Record<string, string | number | undefined>; raw: boolean; progress: boolean }): Promise<ExecutionDoc> {
+async function followExecution(client: Client, id: string, o: { query: Record<string, string | number | undefined>; raw: boolean; progress: boolean; logsToStderr?: boolean }): Promise<ExecutionDoc> {
+  const logOut = o.logsToStderr ? process.stderr : process.stdout;
   const printedPerRun = new Map<string, number>();
   const lastStage = new Map<string, string>();
   const lastStep = new Map<string, string>();
@@ -158,7 +159,7 @@ async function followExecution(client: Client, id: string, o: { query: Record<st
           perRun.set(run, n);
           if (n <= (printedPerRun.get(run) ?? 0)) return; // seen before a reconnect
           printedPerRun.set(run, n);
-          process.stdout.write(o.raw ? `${l.line}\n` : `[${l.stage}/${l.step}${l.try > 1 ? `#${l.try}` : ''}${l.phase !== null ? `@${l.phase}` : ''}] ${l.line}\n`);
+          logOut.write(o.raw ? `${l.line}\n` : `[${l.stage}/${l.step}${l.try > 1 ? `#${l.try}` : ''}${l.phase !== null ? `@${l.phase}` : ''}] ${l.line}\n`);
         } else if (event === 'execution') {
           progress(data as ExecutionDoc);
         } else if (event === 'end') {
@@ -213,7 +214,7 @@ export function registerExecutionCommands(program: Command): void {
         return;
       }
       if (!o.json) print(`execution ${doc.id} of ${doc.pipeline} v${doc.pipelineVersion}${doc.artifact ? `, artifact ${doc.artifact}` : ''}`);
-      const end = await followExecution(client, doc.id, { query: { account: o.account }, raw: false, progress: !o.json });
+      const end = await followExecution(client, doc.id, { query: { account: o.account }, raw: false, progress: !o.json, logsToStderr: Boolean(o.json) });
       o.json ? printJson(end) : process.stdout.write(`\n${renderTree(end)}`);
       endWith(end);
     });
@@ -295,7 +296,7 @@ export function registerExecutionCommands(program: Command): void {
       const client = clientOf(cmd);
       const d = await client.post<ExecutionDoc>(`/api/v1/executions/${encodeURIComponent(id)}/resume${q({ account: o.account })}`, { fromStage: o.fromStage });
       if (!o.follow) { done(`resumed from ${o.fromStage}`)(d, o.json); return; }
-      const end = await followExecution(client, id, { query: { account: o.account }, raw: false, progress: !o.json });
+      const end = await followExecution(client, id, { query: { account: o.account }, raw: false, progress: !o.json, logsToStderr: Boolean(o.json) });
       o.json ? printJson(end) : process.stdout.write(`\n${renderTree(end)}`);
       endWith(end);
     });
