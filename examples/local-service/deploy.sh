@@ -12,8 +12,10 @@ if [ -f "$state/pid" ] && kill -0 "$(cat "$state/pid")" 2>/dev/null; then
   for _ in $(seq 1 50); do kill -0 "$(cat "$state/pid")" 2>/dev/null || break; sleep 0.1; done
 fi
 rm -f "$state/port"
-# The service must outlive this step: its own session, output to a file.
-setsid node "$here/service.mjs" "$artifact" 0 "$state" >"$state/service.log" 2>&1 < /dev/null &
+# The service must outlive this step: its own session (the delegate cancels a step by
+# killing its process group), output to a file.
+if command -v setsid >/dev/null; then detach=setsid; else detach=nohup; fi
+$detach node "$here/service.mjs" "$artifact" 0 "$state" >"$state/service.log" 2>&1 < /dev/null &
 echo $! >"$state/pid"
 echo "$artifact" >"$state/version"
 for _ in $(seq 1 100); do [ -s "$state/port" ] && break; sleep 0.1; done

@@ -33,7 +33,7 @@ export function startDelegate(srv, { token, name, stateDir = tmpDir(`dlg-${name}
     env: {
       ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('FERRY_'))),
       FERRY_URL: srv.url, FERRY_DELEGATE_TOKEN: token, FERRY_DELEGATE_NAME: name, FERRY_STATE_DIR: stateDir,
-      FERRY_LOG_LEVEL: 'warn', ...env,
+      FERRY_LOG_LEVEL: process.env.BENCH_DELEGATE_LOG_LEVEL ?? 'warn', ...env,
     },
     stdio: ['ignore', log, log],
   });
