@@ -18,7 +18,7 @@
 //
 // The version's behaviour: an artifact whose name contains "bad" is the broken build:
 // 15% of its requests fail with 500 and each takes about 200 ms longer. Every other
-// version serves every request in 60-75 ms without errors.
+// version serves every request in 110-125 ms without errors.
 //
 // Routes: GET /api (the work: 200 or 500), GET /health, GET /version, GET /metrics.
 import http from 'node:http';
@@ -92,9 +92,9 @@ let served = 0;
 function work(res) {
   const started = process.hrtime.bigint();
   const n = ++served;
-  // deterministic: every k-th request fails, latency cycles through 60..75 ms
+  // deterministic: every k-th request fails, latency cycles through 110..125 ms
   const fail = errorRate > 0 && n % Math.max(1, Math.round(1 / errorRate)) === 0;
-  const delay = 60 + (n % 4) * 5 + extraLatencyMs;
+  const delay = 110 + (n % 4) * 5 + extraLatencyMs;
   setTimeout(() => {
     const code = fail ? 500 : 200;
     observe(code, Number(process.hrtime.bigint() - started) / 1e9);

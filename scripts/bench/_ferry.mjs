@@ -58,6 +58,11 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
   process.on(sig, () => { interrupted = sig; if (procs.size || cleanups.length) process.stderr.write(`bench: ${sig}; stopping what it started\n`); void cleanupAll().finally(() => process.exit(130)); });
 }
 
+/** Thrown inside runBench: prints its message as the last line and exits 0 (a skipped benchmark). */
+export class BenchSkip extends Error {
+  constructor(message) { super(message); this.benchSkip = true; }
+}
+
 /**
  * Runs a benchmark body with a time bound; stops everything it started afterwards,
  * whatever happened, and exits 0 (or 1 on failure/timeout with the reason printed).
@@ -72,7 +77,10 @@ export async function runBench(name, body, { timeoutMs = Number(process.env.BENC
     ]);
   } catch (err) {
     code = 1;
-    if (interrupted) {
+    if (err?.benchSkip && !interrupted) {
+      code = 0;
+      console.log(err.message);
+    } else if (interrupted) {
       console.log(`${name}: FAILED: interrupted by ${interrupted}`);
     } else {
       process.stderr.write(`${name}: ${err?.stack ?? err}\n`);

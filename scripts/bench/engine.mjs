@@ -14,7 +14,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { ferryBin, sleep, tmpDir } from './_lib.mjs';
 import {
-  runBench, startFerry, delegateToken, startDelegate, waitConnected, openServerDb, until, stats, ms, int, ratio, trackDir,
+  BenchSkip, runBench, startFerry, delegateToken, startDelegate, waitConnected, openServerDb, until, stats, ms, int, ratio, trackDir,
 } from './_ferry.mjs';
 
 const E = Number(process.env.BENCH_ENGINE_EXECUTIONS ?? 200);
@@ -24,10 +24,12 @@ const CONCURRENCY = Number(process.env.BENCH_ENGINE_POSTS ?? 16);
 const WAIT_MS = Number(process.env.BENCH_ENGINE_WAIT_MS ?? 180_000);
 const NAME = 'bench-noop';
 
-const skip = (why) => { console.log(`engine: skipped: pipelines not available yet (${why})`); process.exit(0); };
+const skipLine = (why) => `engine: skipped: pipelines not available yet (${why})`;
+// before anything started: print and leave; inside runBench: BenchSkip (stops what was started)
+const skip = (why) => { throw new BenchSkip(skipLine(why)); };
 
 const help = spawnSync(process.execPath, [ferryBin, 'pipeline', 'apply', '--help'], { encoding: 'utf8', timeout: 30_000 });
-if (help.status !== 0) skip(`\`ferry pipeline apply\` ${(help.stderr || help.stdout).trim().split('\n')[0] || `exited ${help.status}`}`);
+if (help.status !== 0) { console.log(skipLine(`\`ferry pipeline apply\` ${(help.stderr || help.stdout).trim().split('\n')[0] || `exited ${help.status}`}`)); process.exit(0); }
 
 const pipelineYaml = `pipeline: ${NAME}
 stages:
@@ -37,8 +39,6 @@ ${['one', 'two', 'three'].map((id) => `  - id: ${id}
     steps:
       - { id: ${id}-noop, type: noop }`).join('\n')}
 `;
-
-const t = (iso) => (iso ? Date.parse(iso) : NaN);
 
 await runBench('engine', async () => {
   const srv = await startFerry();
@@ -131,7 +131,8 @@ await runBench('engine', async () => {
   const place = ids.map(() => '?').join(',');
   const progress = db.prepare(`select count(finished_at) as done, sum(finished_at is not null and status <> 'Succeeded') as bad, max(finished_at) as last from executions where id in (${place})`);
   let pr = { done: 0 };
-  await until(() => { pr = progress.get(...ids); return pr.done >= E; }, { everyMs: 100, timeoutMs: WAIT_MS, what: `${E} executions (${pr.done} finished)` });
+  await until(() => { pr = progress.get(...ids); return pr.done >= E; }, { everyMs: 100, timeoutMs: WAIT_MS, what: `${E} executions` })
+    .catch((err) => { throw new Error(`${err.message}: ${pr.done} finished`); });
   const failed = Number(pr.bad ?? 0);
   const last = Number(pr.last);
   const rate = (E * 1000) / (last - t0);

@@ -23,7 +23,10 @@ export function engineOf(ctx: AppContext): Engine {
 }
 
 export async function attachEngine(ctx: AppContext): Promise<ModuleHandle> {
-  const engine = new Engine({ store: ctx.store, scheduler: ctx.scheduler, logs: ctx.logs, clock: ctx.clock, logger: ctx.logger });
+  const engine = new Engine({
+    store: ctx.store, scheduler: ctx.scheduler, logs: ctx.logs, clock: ctx.clock, logger: ctx.logger,
+    accountRunningLimit: ctx.config.accountRunningLimit,
+  });
   ctx.engine = engine;
   ctx.scheduler.setListener(engine);
   return {

@@ -297,7 +297,8 @@ class Machine {
       const v = run.verification as VerificationVerdict | null;
       const cfg = this.stepDefOf(i, run).verify;
       if (status === 'Succeeded' && v) {
-        if (v.verdict === 'Unhealthy') { status = 'Failed'; error = { kind: 'Verification', message: 'verification failed: the canary is Unhealthy' }; }
+        const why = typeof v.reason === 'string' && v.reason ? `: ${v.reason}` : '';
+        if (v.verdict === 'Unhealthy') { status = 'Failed'; error = { kind: 'Verification', message: `verification failed: the canary is Unhealthy${typeof v.score === 'number' ? ` (score ${v.score})` : ''}${why}`.slice(0, 2000) }; }
         else if (v.verdict === 'NoData' && cfg?.failOnNoData) { status = 'Failed'; error = { kind: 'Verification', message: 'verification found no data (failOnNoData)' }; }
       }
     }
@@ -880,9 +881,10 @@ class Machine {
       }
       case 'verify': {
         const v = step.verify!;
+        // ${FERRY_VAR_X} in the url and queries, as in an http step; `$role` is the delegate's
         return {
-          kind: 'verify', source: { type: 'prometheus', url: v.source.url },
-          metrics: v.metrics.map((m) => ({ name: m.name, query: m.query })),
+          kind: 'verify', source: { type: 'prometheus', url: expand(v.source.url) },
+          metrics: v.metrics.map((m) => ({ name: m.name, query: expand(m.query) })),
           roles: ['baseline', 'canary'], durationMs: v.durationMs, intervalMs: v.intervalMs,
         };
       }

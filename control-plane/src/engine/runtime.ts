@@ -59,6 +59,11 @@ export interface EngineDeps {
   logger: Logger;
   /** how often due timers are looked for; default 250ms */
   timerPollMs?: number;
+  /**
+   * running executions per account when the account sets no limit of its own
+   * (FERRY_ACCOUNT_RUNNING_LIMIT); 0 or absent: no limit
+   */
+  accountRunningLimit?: number;
 }
 
 export type ExecutionCommand =
@@ -527,7 +532,7 @@ export class Engine implements TaskListener {
       slotFree: (s: Slot) => {
         const key = slotKey(s);
         const others = slots.filter((r) => r.key === key && r.execution_id !== executionId);
-        const capacity = s.kind === 'account' ? account?.running_limit ?? Number.POSITIVE_INFINITY : s.capacity;
+        const capacity = s.kind === 'account' ? this.accountLimit(account?.running_limit) : s.capacity;
         return others.filter((r) => r.state === 'held').length < capacity && !others.some((r) => r.state === 'waiting');
       },
       liveColor: (m: InfrastructureMapping) => colorOf.get(mappingKey(m)) ?? null,
@@ -649,7 +654,7 @@ export class Engine implements TaskListener {
         let capacity = waiter.capacity;
         if (key === 'account') {
           const a = await trx.selectFrom('accounts').select(['running_limit']).where('id', '=', accountId).executeTakeFirst();
-          capacity = a?.running_limit ?? Number.POSITIVE_INFINITY;
+          capacity = this.accountLimit(a?.running_limit);
         }
         if (rows.filter((r) => r.state === 'held').length >= capacity) return false;
         await sdb.updateTable('engine_slots').set({ state: 'held' }).where('execution_id', '=', waiter.execution_id).where('key', '=', key).execute();
@@ -663,6 +668,13 @@ export class Engine implements TaskListener {
       });
       if (!granted) return;
     }
+  }
+
+  /** The account's own limit, else the server's default (FERRY_ACCOUNT_RUNNING_LIMIT), else none. */
+  private accountLimit(own: number | null | undefined): number {
+    if (own != null && own > 0) return own;
+    const dflt = this.deps.accountRunningLimit ?? 0;
+    return dflt > 0 ? dflt : Number.POSITIVE_INFINITY;
   }
 
   private async grantAll(): Promise<void> {

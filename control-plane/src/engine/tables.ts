@@ -3,8 +3,9 @@
  * executions (`account`) and each infrastructure mapping's concurrency
  * (`mapping:SERVICE/ENV/INFRA`). Waiters are served in `seq` order.
  *
- * `ensureEngineTables` creates it when missing (both dialects); the same `up` can be
- * listed as a migration.
+ * The migration store/migrations/0004-engine-slots.ts creates it; `ensureEngineTables`
+ * (the same definition, `if not exists`) stays as a guard for stores opened without
+ * migrating (and databases from before 0004).
  */
 import { sql, type Kysely } from 'kysely';
 import type { DB, Executor, Store } from '../store/db.js';

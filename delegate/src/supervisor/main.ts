@@ -30,7 +30,6 @@ import { loadConfig, ConfigError, USAGE, type DelegateConfig } from '../config.j
 import { createLogger } from '../logger.js';
 import { Backoff } from '../connection/backoff.js';
 import { delegateVersion } from '../version.js';
-import { EXIT_CONFIG } from '../worker.js';
 import type { WorkerToSupervisor } from '../ipc.js';
 import { WorkerHandle, type WorkerExit } from './worker-handle.js';
 import { VersionStore, type InstalledVersion } from './versions.js';
@@ -39,6 +38,8 @@ import { fetchBundle, UpgradeRefused } from './download.js';
 /** The worker entry of this package (dist/worker-main.js beside dist/supervisor/). */
 export const defaultWorkerEntry = (): string => fileURLToPath(new URL('../worker-main.js', import.meta.url));
 
+/** The worker's exit code for bad settings (worker.ts EXIT_CONFIG; not imported: the supervisor stays small). */
+const EXIT_CONFIG = 2;
 /** A worker that ran this long before crashing restarts without delay growth. */
 const STABLE_RUN_MS = 60_000;
 /** After `probation.end`, how long the worker has to come back as a normal session. */

@@ -15,7 +15,13 @@ interface StepDoc {
   interventions?: Array<{ by: string; action: string; at: string | null }>;
   verification?: { verdict?: string; score?: number } | null;
 }
-interface AttemptDoc { attempt: number; status: string | null; operationStatus: string | null; startedAt: string | null; finishedAt: string | null }
+interface AttemptDoc {
+  attempt: number; status: string | null; operationStatus: string | null; startedAt: string | null; finishedAt: string | null;
+  history?: Array<{ status: string; operationStatus: string; at: string | null; reason: string }>;
+}
+
+/** Pairs that wait for something outside the stage: the tree says what. */
+const WAITING = ['Queued', 'QueuedForPipeline', 'Scheduled', 'Deferred', 'ManualInterventionPending'];
 interface StageDoc {
   id: string; type: string; status: string; rollingBack: boolean; rolledBack: boolean; rollbackArtifact: string | null;
   failure: { kind: string; message: string; step: string | null } | null; paused: { phase: number; until: string | null } | null;
@@ -55,7 +61,7 @@ function stepDetail(s: StepDoc): string {
 /** `ferry execution ID`: the status tree of §6 with attempt pairs, queue reasons and approvers. */
 export function renderTree(d: ExecutionDoc): string {
   const out: string[] = [];
-  out.push(`execution ${d.id}  ${d.pipeline} v${d.pipelineVersion}  ${d.status}`);
+  out.push(`execution ${d.id}  ${d.pipeline} (pipeline version ${d.pipelineVersion})  ${d.status}`);
   out.push(`  artifact ${d.artifact ?? '-'}, started ${d.createdAt}${d.createdBy ? ` by ${d.createdBy}` : ''}${d.finishedAt ? `, ended ${d.finishedAt}` : ''}`);
   const inputs = Object.entries(d.inputs ?? {});
   if (inputs.length) out.push(`  inputs ${inputs.map(([k, v]) => `${k}=${String(v)}`).join(' ')}`);
@@ -68,7 +74,10 @@ export function renderTree(d: ExecutionDoc): string {
     const a = s.attempts[s.attempts.length - 1];
     const flags: string[] = [];
     if (s.service) flags.push(`${s.service}/${s.environment}/${s.infrastructure}`);
-    if (a && s.status !== 'NotStarted' && s.status !== 'Skipped') flags.push(`attempt ${a.attempt} ${pair(a)}`);
+    if (a && s.status !== 'NotStarted' && s.status !== 'Skipped') {
+      const why = a.operationStatus && WAITING.includes(a.operationStatus) ? a.history?.[a.history.length - 1]?.reason : undefined;
+      flags.push(`attempt ${a.attempt} ${pair(a)}${why ? ` (${why})` : ''}`);
+    }
     if (s.rollingBack) flags.push('rolling back');
     if (s.rolledBack) flags.push(`rolled back to ${s.rollbackArtifact ?? '(no earlier successful deployment)'}`);
     if (s.paused) flags.push(`phase ${s.paused.phase} paused${s.paused.until ? ` until ${s.paused.until}` : ': ferry promote'}`);
@@ -116,7 +125,8 @@ interface LogEvent { stage: string; step: string; attempt: number; try: number; 
  * and, with `progress`, every stage and step status change. Reconnects when the stream
  * breaks, without printing a line twice. Returns the final document.
  */
-async function followExecution(client: Client, id: string, o: { query: Record<string, string | number | undefined>; raw: boolean; progress: boolean; logsToStderr?: boolean }): Promise<ExecutionDoc> {
+async function followExecution(client: Client, id: string, o: { query: Record<string, string | number | undefined>; raw: boolean; progress: boolean; logsToStderr?: boolean; skipStages?: string[] }): Promise<ExecutionDoc> {
+  const skip = new Set(o.skipStages ?? []);
   const logOut = o.logsToStderr ? process.stderr : process.stdout;
   const printedPerRun = new Map<string, number>();
   const lastStage = new Map<string, string>();
@@ -127,6 +137,7 @@ async function followExecution(client: Client, id: string, o: { query: Record<st
     last = d;
     if (!o.progress) return;
     for (const s of d.stages) {
+      if (skip.has(s.id)) continue;
       const a = s.attempts[s.attempts.length - 1];
       const k = `${s.status} ${s.status === 'NotStarted' ? '' : pair(a)}${s.rollingBack ? ' rolling back' : ''}`;
       if (lastStage.get(s.id) !== k) {
@@ -154,6 +165,7 @@ async function followExecution(client: Client, id: string, o: { query: Record<st
       await readEvents(res, (event, data) => {
         if (event === 'log') {
           const l = data as LogEvent;
+          if (skip.has(l.stage)) return;
           const run = `${l.stage}/${l.step}/${l.attempt}/${l.try}/${l.phase}`;
           const n = (perRun.get(run) ?? 0) + 1;
           perRun.set(run, n);
@@ -210,10 +222,10 @@ export function registerExecutionCommands(program: Command): void {
       if (o.artifact !== undefined) body.artifact = o.artifact;
       const doc = await client.post<ExecutionDoc>(`/api/v1/pipelines/${encodeURIComponent(pipeline)}/executions${q({ account: o.account })}`, body);
       if (!o.follow) {
-        o.json ? printJson(doc) : print(`execution ${doc.id} of ${doc.pipeline} v${doc.pipelineVersion}: ${doc.status}`);
+        o.json ? printJson(doc) : print(`execution ${doc.id} of ${doc.pipeline} (pipeline version ${doc.pipelineVersion}): ${doc.status}`);
         return;
       }
-      if (!o.json) print(`execution ${doc.id} of ${doc.pipeline} v${doc.pipelineVersion}${doc.artifact ? `, artifact ${doc.artifact}` : ''}`);
+      if (!o.json) print(`execution ${doc.id} of ${doc.pipeline} (pipeline version ${doc.pipelineVersion})${doc.artifact ? `, artifact ${doc.artifact}` : ''}`);
       const end = await followExecution(client, doc.id, { query: { account: o.account }, raw: false, progress: !o.json, logsToStderr: Boolean(o.json) });
       o.json ? printJson(end) : process.stdout.write(`\n${renderTree(end)}`);
       endWith(end);
@@ -296,7 +308,11 @@ export function registerExecutionCommands(program: Command): void {
       const client = clientOf(cmd);
       const d = await client.post<ExecutionDoc>(`/api/v1/executions/${encodeURIComponent(id)}/resume${q({ account: o.account })}`, { fromStage: o.fromStage });
       if (!o.follow) { done(`resumed from ${o.fromStage}`)(d, o.json); return; }
-      const end = await followExecution(client, id, { query: { account: o.account }, raw: false, progress: !o.json, logsToStderr: Boolean(o.json) });
+      // the stages before the one resumed from keep their results: not shown again
+      const from = d.stages.findIndex((s) => s.id === o.fromStage);
+      const kept = from > 0 ? d.stages.slice(0, from).map((s) => s.id) : [];
+      if (!o.json) print(`execution ${d.id} resumed from ${o.fromStage}${kept.length ? `; ${kept.join(', ')} keep their results` : ''}`);
+      const end = await followExecution(client, id, { query: { account: o.account }, raw: false, progress: !o.json, logsToStderr: Boolean(o.json), skipStages: kept });
       o.json ? printJson(end) : process.stdout.write(`\n${renderTree(end)}`);
       endWith(end);
     });

@@ -14,7 +14,7 @@ import { FerryError, parseDuration } from '@ferry/shared';
 import { PipelineFile, type FailureStrategyFile, type StageFile, type StepFile, type ParallelFile, type VerifyFile, type ApproversFile } from './schema.js';
 import { parseExpression, expressionRefs, ExpressionError } from '../expression.js';
 import type {
-  Approvers, CanaryPhase, DeployStrategy, EnvironmentDefinition, FailureStrategy, PipelineDefinition,
+  Approvers, CanaryPhase, DeployStrategy, EnvironmentDefinition, FailureStrategy, HealthSource, PipelineDefinition,
   Scalar, StageDefinition, StepDefinition, StepNode, VariableDefinition, VerifyConfig,
 } from './types.js';
 
@@ -302,7 +302,10 @@ class Checker {
     for (const [name, v] of Object.entries(f.variables ?? {})) this.variables[name] = this.variable(['variables', name], v);
     const environments: Record<string, EnvironmentDefinition> = {};
     for (const [name, e] of Object.entries(f.environments ?? {})) {
-      environments[name] = { type: e.type ?? 'preproduction', concurrency: e.concurrency ?? 1, deployLatestOnly: e.deployLatestOnly ?? false };
+      environments[name] = {
+        type: e.type ?? 'preproduction', concurrency: e.concurrency ?? 1, deployLatestOnly: e.deployLatestOnly ?? false,
+        healthSource: e.healthSource ? { type: 'prometheus', url: e.healthSource.url, bearerTokenSecret: e.healthSource.bearerTokenSecret ?? null } : null,
+      };
     }
     // step ids anywhere, for out.STEP.KEY references
     for (const s of f.stages) for (const list of [s.steps, s.rollbackSteps, s.swapSteps]) {
@@ -387,7 +390,13 @@ class Checker {
     return { minimumCount: a?.minimumCount ?? 1, disallowExecutor: a?.disallowExecutor ?? false, users: a?.users ?? null };
   }
 
-  private verify(path: Array<string | number>, v: VerifyFile): VerifyConfig {
+  /** `fallback`: the stage environment's healthSource, used when the block names no source. */
+  private verify(path: Array<string | number>, v: VerifyFile, fallback: HealthSource | null): VerifyConfig {
+    if (!v.source && !fallback) {
+      this.problem(path, 'missing required field "source": give the verification a source, or its stage\'s environment a healthSource');
+    }
+    const secret = v.source?.bearerTokenSecret;
+    if (secret !== undefined && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(secret)) this.problem([...path, 'source', 'bearerTokenSecret'], `expected a secret name${got(secret)}`);
     const names = new Set<string>();
     v.metrics.forEach((m, i) => {
       if (names.has(m.name)) this.problem([...path, 'metrics', i, 'name'], `duplicate metric "${m.name}"`);
@@ -396,7 +405,9 @@ class Checker {
     const intervalMs = this.ms([...path, 'interval'], v.interval) ?? 15_000;
     if (intervalMs < 1) this.problem([...path, 'interval'], 'expected a duration above 0');
     return {
-      source: { type: 'prometheus', url: v.source.url, bearerTokenSecret: v.source.bearerTokenSecret ?? null },
+      source: v.source
+        ? { type: 'prometheus', url: v.source.url, bearerTokenSecret: v.source.bearerTokenSecret ?? null }
+        : fallback ?? { type: 'prometheus', url: '', bearerTokenSecret: null },
       metrics: v.metrics.map((m) => ({
         name: m.name, query: m.query, direction: m.direction ?? 'increase', critical: m.critical ?? false,
         allowedIncrease: m.allowedIncrease ?? null, allowedDecrease: m.allowedDecrease ?? null, weight: m.weight ?? 1,
@@ -432,13 +443,14 @@ class Checker {
           if (ph.pause && j === s.strategy!.canary!.phases.length - 1) this.problem([...pp, 'pause'], 'the last phase cannot pause: nothing follows it');
           phases.push({
             weight: ph.weight,
-            verify: ph.verify ? this.verify([...pp, 'verify'], ph.verify) : null,
+            verify: ph.verify ? this.verify([...pp, 'verify'], ph.verify, environments[env]!.healthSource ?? null) : null,
             pause: ph.pause ? { durationMs: this.ms([...pp, 'pause', 'duration'], ph.pause.duration) } : null,
           });
         });
         strategy = { type: 'canary', phases };
       } else if (s.strategy?.blueGreen) {
-        strategy = { type: 'blueGreen', verify: s.strategy.blueGreen.verify ? this.verify([...path, 'strategy', 'blueGreen', 'verify'], s.strategy.blueGreen.verify) : null };
+        const bgVerify = s.strategy.blueGreen.verify;
+        strategy = { type: 'blueGreen', verify: bgVerify ? this.verify([...path, 'strategy', 'blueGreen', 'verify'], bgVerify, environments[env]!.healthSource ?? null) : null };
         if (!s.swapSteps || s.swapSteps.length === 0) this.problem(path, 'a blueGreen stage needs swapSteps that move traffic to the new colour', 'swapSteps');
       }
       if (strategy.type !== 'blueGreen' && has('swapSteps')) this.problem(path, '"swapSteps" applies to blueGreen stages only', 'swapSteps');
@@ -448,11 +460,12 @@ class Checker {
       if (s.type === 'approval') notFor(['steps', 'rollbackSteps', 'failureStrategies', 'delegateSelectors', 'queueTimeout'], 'approval stages');
       else notFor(['approvers', 'timeout'], 'custom stages');
     }
+    const envSource = deploy ? environments[deploy.environment]?.healthSource ?? null : null;
     const reserved = strategy.type === 'canary' && strategy.phases.some((p) => p.verify) || strategy.type === 'blueGreen' && strategy.verify;
     const ids = new Set<string>();
     const list = (key: 'steps' | 'rollbackSteps' | 'swapSteps'): StepNode[] => {
       const seenHere = new Set<string>();
-      return (s[key] ?? []).map((n, i) => this.node([...path, key, i], n, seenHere, key === 'steps' ? ids : null));
+      return (s[key] ?? []).map((n, i) => this.node([...path, key, i], n, seenHere, key === 'steps' ? ids : null, envSource));
     };
     const steps = list('steps');
     const rollbackSteps = list('rollbackSteps');
@@ -482,14 +495,14 @@ class Checker {
     };
   }
 
-  private node(path: Array<string | number>, n: StepFile | ParallelFile, seen: Set<string>, collect: Set<string> | null): StepNode {
+  private node(path: Array<string | number>, n: StepFile | ParallelFile, seen: Set<string>, collect: Set<string> | null, envSource: HealthSource | null): StepNode {
     if ('parallel' in n) {
-      return { parallel: true, steps: n.parallel.map((st, j) => this.step([...path, 'parallel', j], st, seen, collect, true)) };
+      return { parallel: true, steps: n.parallel.map((st, j) => this.step([...path, 'parallel', j], st, seen, collect, true, envSource)) };
     }
-    return { parallel: false, steps: [this.step(path, n, seen, collect, false)] };
+    return { parallel: false, steps: [this.step(path, n, seen, collect, false, envSource)] };
   }
 
-  private step(path: Array<string | number>, s: StepFile, seen: Set<string>, collect: Set<string> | null, inParallel: boolean): StepDefinition {
+  private step(path: Array<string | number>, s: StepFile, seen: Set<string>, collect: Set<string> | null, inParallel: boolean, envSource: HealthSource | null): StepDefinition {
     if (seen.has(s.id)) this.problem([...path, 'id'], `duplicate step id "${s.id}" in this list`);
     seen.add(s.id);
     collect?.add(s.id);
@@ -538,9 +551,9 @@ class Checker {
       case 'wait': def.wait = { durationMs: this.ms([...path, 'duration'], s.duration) ?? 0 }; break;
       case 'verify':
         def.verify = this.verify(path, {
-          source: s.source!, metrics: s.metrics!, sensitivity: s.sensitivity, duration: s.duration,
+          source: s.source, metrics: s.metrics!, sensitivity: s.sensitivity, duration: s.duration,
           interval: s.interval, failOnNoData: s.failOnNoData,
-        } as VerifyFile);
+        } as VerifyFile, envSource);
         break;
       case 'noop': def.noop = { sleepMs: this.ms([...path, 'sleep'], s.sleep) ?? 0, lines: s.lines ?? 0, fail: s.fail ?? false }; break;
     }

@@ -68,13 +68,21 @@ export const VerifyMetricFile = Type.Object({
   weight: Type.Optional(Type.Number({ minimum: 0 })),
 }, { additionalProperties: false });
 
+/**
+ * Where a verification reads its metrics. `url` may name variables as ${FERRY_VAR_X} (as
+ * an http step's url may); the bearer token, when given, is the named secret's value and
+ * reaches only the delegate that runs the verify task.
+ */
+export const HealthSourceFile = Type.Object({
+  type: Type.Literal('prometheus'),
+  url: Type.String({ minLength: 1, maxLength: 8192 }),
+  /** name of a secret holding a bearer token */
+  bearerTokenSecret: Type.Optional(Type.String({ minLength: 1, maxLength: 256 })),
+}, { additionalProperties: false });
+
 export const VerifyFile = Type.Object({
-  source: Type.Object({
-    type: Type.Literal('prometheus'),
-    url: Type.String({ minLength: 1, maxLength: 8192 }),
-    /** name of a secret holding a bearer token */
-    bearerTokenSecret: Type.Optional(Type.String({ minLength: 1, maxLength: 256 })),
-  }, { additionalProperties: false }),
+  /** optional when the stage's environment has a healthSource */
+  source: Type.Optional(HealthSourceFile),
   metrics: Type.Array(VerifyMetricFile, { minItems: 1, maxItems: 200 }),
   sensitivity: Type.Optional(Type.Union([Type.Literal('high'), Type.Literal('medium'), Type.Literal('low')])),
   duration: Type.Optional(Duration),
@@ -122,7 +130,7 @@ export const StepFile = Type.Object({
   // wait (and verify: how long to collect)
   duration: Type.Optional(Duration),
   // verify
-  source: Type.Optional(VerifyFile.properties.source),
+  source: Type.Optional(HealthSourceFile),
   metrics: Type.Optional(VerifyFile.properties.metrics),
   sensitivity: Type.Optional(VerifyFile.properties.sensitivity),
   interval: Type.Optional(Duration),
@@ -137,7 +145,7 @@ export const StepFile = Type.Object({
     requiredByType('shell', ['script']),
     requiredByType('http', ['url']),
     requiredByType('wait', ['duration']),
-    requiredByType('verify', ['source', 'metrics']),
+    requiredByType('verify', ['metrics']),
   ],
 });
 export type StepFile = Static<typeof StepFile>;
@@ -224,6 +232,8 @@ export const EnvironmentFile = Type.Object({
   type: Type.Optional(Type.Union([Type.Literal('production'), Type.Literal('preproduction')])),
   concurrency: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
   deployLatestOnly: Type.Optional(Type.Boolean()),
+  /** the metrics source of verifications of stages deploying to this environment */
+  healthSource: Type.Optional(HealthSourceFile),
 }, { additionalProperties: false });
 export type EnvironmentFile = Static<typeof EnvironmentFile>;
 

@@ -23,6 +23,8 @@ export interface EnvironmentDefinition {
   concurrency: number;
   /** waiting runs superseded by a newer one are cancelled */
   deployLatestOnly: boolean;
+  /** where verifications of stages deploying here read metrics, unless they name a source */
+  healthSource?: HealthSource | null;
 }
 
 export type MatchableErrorKind = 'StepFailed' | 'Timeout' | 'DelegateLost' | 'NoEligibleDelegate' | 'Verification' | 'AllErrors';
@@ -59,8 +61,11 @@ export interface VerifyMetric {
   weight: number;
 }
 
+export interface HealthSource { type: 'prometheus'; url: string; bearerTokenSecret: string | null }
+
 export interface VerifyConfig {
-  source: { type: 'prometheus'; url: string; bearerTokenSecret: string | null };
+  /** the verify block's own source, else its stage environment's healthSource */
+  source: HealthSource;
   metrics: VerifyMetric[];
   sensitivity: 'high' | 'medium' | 'low';
   durationMs: number;

@@ -3,6 +3,7 @@ import type { Dialect } from './util.js';
 import * as core from './0001-core.js';
 import * as engine from './0002-engine.js';
 import * as rings from './0003-rings.js';
+import * as engineSlots from './0004-engine-slots.js';
 
 type Up = (db: Kysely<any>, dialect: Dialect) => Promise<void>;
 
@@ -11,6 +12,7 @@ const ALL: Array<[string, Up]> = [
   ['0001-core', core.up],
   ['0002-engine', engine.up],
   ['0003-rings', rings.up],
+  ['0004-engine-slots', engineSlots.up],
 ];
 
 export function migrationsFor(dialect: Dialect): Record<string, Migration> {
