@@ -21,7 +21,7 @@ const FERRY = path.join(root, 'control-plane', 'bin', 'ferry.js');
 const DELEGATE = path.join(root, 'delegate', 'bin', 'ferry-delegate.js');
 const EXAMPLE = path.join(root, 'examples', 'local-service');
 const KEEP = process.env.FERRY_DEMO_KEEP === '1';
-const TIMEOUT_MS = Number(process.env.FERRY_DEMO_TIMEOUT_MS ?? 180_000);
+const TIMEOUT_MS = Number(process.env.FERRY_DEMO_TIMEOUT_MS ?? 150_000);
 
 const started = Date.now();
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-demo-'));

@@ -13,7 +13,7 @@ import {
   createDelegateToken, ferryCli, sleep, startDelegate, startServer, useProcessGuard, waitFor, waitForDelegates,
   type FerryDelegate, type FerryServer,
 } from './support/processes.js';
-import { EngineClient, expectPairs, FAST_DELEGATE, Gate, stage, steps, userToken } from './engine-helpers.js';
+import { EngineClient, expectPairs, FAST_DELEGATE, Gate, stage, steps, TERMINAL, userToken } from './engine-helpers.js';
 
 useProcessGuard();
 
@@ -143,6 +143,9 @@ stages:
     const run = await c.run('crash-step', { artifact: 'c1' });
     const obs = c.observe(run.id);
     await waitFor(async () => (await c.log(run.id, 'deploy', 'work')) === 'start\n', { message: 'the step to start' });
+    // a user follows the run across the crash: the CLI reconnects, prints each line once
+    const follow = cli(['logs', run.id, '--follow']);
+    await sleep(1000);
     await server.kill('SIGKILL');
     gate.open(); // the step ends while the control plane is down
     await sleep(500);
@@ -153,6 +156,9 @@ stages:
     expectPairs(d, obs, 'after', [QFA, PIP, OK]);
     expect(steps(d, 'deploy', 'work').map((s) => [s.try, s.status, s.exitCode])).toEqual([[1, 'Succeeded', 0]]);
     expect(await c.log(run.id, 'deploy', 'work')).toBe('start\ndone\n');
+    const followed = await follow;
+    expect(followed.code, followed.stderr).toBe(0);
+    expect(followed.stdout).toBe('[deploy/work] start\n[deploy/work] done\n[after/check] after\n');
     await waitForDelegates(server, { names: ['crash-runner'] });
   });
 
@@ -221,15 +227,21 @@ ${['one', 'two', 'three', 'four'].map((s) => `  - id: ${s}
     environment: dev
     infrastructure: local
     steps:
-      - { id: a, type: shell, script: 'echo "${s} a"; sleep 0.6' }
-      - { id: b, type: shell, script: 'echo "${s} b"; sleep 0.6' }`).join('\n')}
+      - { id: a, type: shell, script: 'echo "${s} a"; sleep 1' }
+      - { id: b, type: shell, script: 'echo "${s} b"; sleep 1' }`).join('\n')}
 `);
     const run = await c.run('crash-many', { artifact: 'c4' });
     const obs = c.observe(run.id);
-    for (const stageId of ['one', 'two', 'three']) {
-      await c.until(run.id, (d) => stage(d, stageId).status === 'InProgress' && steps(d, stageId).some((x) => x.status === 'Running'), `a step of stage ${stageId} to run`, 60_000);
+    // kill -9 whenever a step runs that no kill hit yet, three times
+    const hit = new Set<string>();
+    for (let k = 0; k < 3; k++) {
+      const d = await c.until(run.id, (x) => TERMINAL.includes(x.status)
+        || x.stages.some((s) => s.steps.some((st) => st.status === 'Running' && st.runId && !hit.has(st.runId))), 'a step to run', 60_000);
+      if (TERMINAL.includes(d.status)) break;
+      for (const s of d.stages) for (const st of s.steps) if (st.status === 'Running' && st.runId) hit.add(st.runId);
       await crashAndRestart();
     }
+    expect(hit.size, 'steps the kills hit').toBeGreaterThanOrEqual(2);
     const d = await c.ended(run.id, 'Succeeded', 60_000);
     await obs.stop();
     for (const stageId of ['one', 'two', 'three', 'four']) {

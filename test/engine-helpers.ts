@@ -13,7 +13,7 @@ export interface StepDoc {
   id: string; type: string; status: string; attempt: number | null; try: number | null; phase: number | null;
   queuedAt: string | null; startedAt: string | null; finishedAt: string | null; exitCode: number | null;
   delegate: string | null; queue: { reason: string; position: number | null } | null;
-  error: { kind: string; message: string } | null; rollback?: boolean; retryAt?: string | null;
+  error: { kind: string; message: string } | null; runId?: string; rollback?: boolean; retryAt?: string | null;
   outputs?: Record<string, string>;
   approvals?: Array<{ by: string; decision: string; comment: string | null; at: string | null; deferUntil: string | null }>;
   intervention?: { since: string | null; timeoutAt: string | null; onTimeout: string | null } | null;

@@ -52,25 +52,33 @@ const OK = 'Succeeded/Approved';
 const MIP = 'InProgress/ManualInterventionPending';
 
 describe.concurrent('scenarios', () => {
-  it('success: every stage <NotDeployed, QueuedForAgent> → <InProgress, PhaseInProgress> → <Succeeded, Approved>; ferry logs --follow exits 0', async () => {
+  it('success: every stage <NotDeployed, QueuedForAgent> → <InProgress, PhaseInProgress> → <Succeeded, Approved>; outputs and when; ferry logs --follow exits 0', async () => {
     await c.apply(`pipeline: sc-success
 stages:${deployStage('sc-success', 'deploy', `    steps:
-      - { id: work, type: shell, script: 'echo "deploying $FERRY_ARTIFACT"; sleep 0.3' }`)}
+      - { id: work, type: shell, script: 'echo "deploying $FERRY_ARTIFACT"; echo "RESULT=ok-$FERRY_ARTIFACT" >> "$FERRY_OUTPUT"; sleep 0.3' }`)}
   - id: smoke
     type: custom
     steps:
-      - { id: check, type: shell, script: 'echo "checked $FERRY_ARTIFACT"; sleep 0.2' }
+      - { id: check, type: shell, script: 'echo "checked $FERRY_OUT_WORK_RESULT"; sleep 0.2' }
+      - { id: never, type: shell, when: 'out.work.RESULT != "ok-1.0.0"', script: 'echo never' }
+  - id: hotfix-only
+    type: custom
+    when: 'startsWith(artifact, "hotfix-")'
+    steps: [ { id: say, type: shell, script: 'echo hotfix' } ]
 `);
     const run = await c.run('sc-success', { artifact: '1.0.0' });
     const obs = c.observe(run.id);
     const follow = await cli(['logs', run.id, '--follow']);
     expect(follow.code, follow.stderr).toBe(0);
     expect(follow.stdout).toContain('[deploy/work] deploying 1.0.0');
-    expect(follow.stdout).toContain('[smoke/check] checked 1.0.0');
+    expect(follow.stdout).toContain('[smoke/check] checked ok-1.0.0');
     await obs.stop();
     const d = await c.ended(run.id, 'Succeeded');
     expectPairs(d, obs, 'deploy', [QFA, PIP, OK]);
     expectPairs(d, obs, 'smoke', [QFA, PIP, OK]);
+    expect(steps(d, 'smoke').map((s) => [s.id, s.status])).toEqual([['check', 'Succeeded'], ['never', 'Skipped']]);
+    expect(stage(d, 'hotfix-only')).toMatchObject({ status: 'Skipped', attempts: [] });
+    expect(steps(d, 'deploy', 'work')[0]!.outputs).toEqual({ RESULT: 'ok-1.0.0' });
     expect(steps(d, 'deploy', 'work')[0]).toMatchObject({ status: 'Succeeded', exitCode: 0, attempt: 1, try: 1, delegate: 'engine-runner' });
     expect(await c.log(run.id, 'deploy', 'work')).toBe('deploying 1.0.0\n');
     expect(obs.executionStatuses).toEqual(['Running', 'Succeeded']);
@@ -124,6 +132,60 @@ stages:${deployStage('sc-partial', 'deploy', `    steps:
     const [m, e] = [steps(d, 'deploy', 'main')[0]!, steps(d, 'deploy', 'extras')[0]!];
     expect(Date.parse(e.startedAt!)).toBeLessThan(Date.parse(m.finishedAt!));
     expect(await c.log(run.id, 'deploy', 'after')).toBe('after ran\n');
+  });
+
+  it('a scheduled stage waits <NotDeployed, Scheduled> until its time', async () => {
+    const at = new Date(Date.now() + 5000).toISOString();
+    await c.apply(`pipeline: sc-schedule
+stages:${deployStage('sc-schedule', 'deploy', `    schedule: { at: "${at}" }
+    steps:
+      - { id: work, type: shell, script: 'echo on time' }`)}
+`);
+    const run = await c.run('sc-schedule', { artifact: 's1' });
+    const obs = c.observe(run.id);
+    const waiting = await c.atPair(run.id, 'deploy', 'NotDeployed/Scheduled');
+    expect(waiting.status).toBe('Running');
+    expect(stage(waiting, 'deploy').status).toBe('Scheduled');
+    expect(steps(waiting, 'deploy', 'work')[0]!.status).toBe('Waiting');
+    const d = await c.ended(run.id, 'Succeeded');
+    await obs.stop();
+    expectPairs(d, obs, 'deploy', ['NotDeployed/Scheduled', QFA, PIP, OK]);
+    expect(Date.parse(steps(d, 'deploy', 'work')[0]!.queuedAt!)).toBeGreaterThanOrEqual(Date.parse(at));
+  });
+
+  it('pipelineRollback: the failed stage and every completed deploy stage before it roll back, newest first', async () => {
+    await c.apply(`pipeline: sc-prb
+stages:${deployStage('sc-prb', 'one', `    steps:
+      - { id: install, type: shell, script: 'echo one' }
+    rollbackSteps:
+      - { id: undo, type: shell, script: 'echo "undo one to [$FERRY_ROLLBACK_ARTIFACT]"; sleep 0.2' }`)}
+  - id: gate
+    type: approval
+    approvers: { minimumCount: 1 }
+${deployStage('sc-prb', 'two', `    steps:
+      - { id: install, type: shell, script: 'echo two; exit 5' }
+    rollbackSteps:
+      - { id: undo, type: shell, script: 'echo "undo two to [$FERRY_ROLLBACK_ARTIFACT]"; sleep 0.2' }
+    failureStrategies:
+      - on: [StepFailed]
+        action: { type: pipelineRollback }`, 'staging')}
+`);
+    const run = await c.run('sc-prb', { artifact: 'p1' });
+    await c.atPair(run.id, 'gate', 'NotDeployed/Pending');
+    await c.command(run.id, 'approve');
+    const d = await c.ended(run.id, 'Failed');
+    expectPairs(d, null, 'two', [QFA, PIP, IQFA, PIP, 'Failed/PhaseFailed']);
+    expect(stage(d, 'two')).toMatchObject({ status: 'Failed', rolledBack: true, failure: expect.objectContaining({ action: 'pipelineRollback', kind: 'StepFailed' }) });
+    // the earlier stage keeps its result (it succeeded) and says it was rolled back
+    expect(stage(d, 'one')).toMatchObject({ status: 'Succeeded', rolledBack: true, rollbackArtifact: null });
+    expectPairs(d, null, 'one', [QFA, PIP, OK]);
+    expect(stage(d, 'gate').status).toBe('Succeeded');
+    const [undoTwo] = steps(d, 'two').filter((s) => s.rollback);
+    const [undoOne] = steps(d, 'one').filter((s) => s.rollback);
+    expect(undoTwo).toMatchObject({ id: 'undo', status: 'Succeeded' });
+    expect(undoOne).toMatchObject({ id: 'undo', status: 'Succeeded' });
+    expect(Date.parse(undoOne!.startedAt!)).toBeGreaterThanOrEqual(Date.parse(undoTwo!.finishedAt!));
+    expect(await c.log(run.id, 'one', 'undo')).toBe('undo one to []\n');
   });
 
   describe('manual intervention', () => {

@@ -71,7 +71,7 @@ if (mode === 'latency') {
   await runner.stop();
   await client.end();
   await utils.release();
-  out({ mode, n: N, done, left, ms, queueMs, perSec: (N * 1000) / ms, concurrency });
+  out({ mode, n: N, done, left, ms, queueMs, perSec: ((N - Math.max(0, left)) * 1000) / ms, concurrency });
 } else {
   throw new Error(`unknown mode ${mode}`);
 }

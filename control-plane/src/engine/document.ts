@@ -132,7 +132,8 @@ export function toExecutionDocument(st: ExecutionState, opts: DocumentOptions = 
         rollbackArtifact: current?.rolledBack || current?.rollingBack ? current.rollbackArtifact : null,
         failure: current?.failure ? { kind: current.failure.kind, message: current.failure.message, step: current.failure.stepId, action: current.failure.action } : null,
         paused: current?.paused ? { phase: current.paused.phase, since: iso(current.paused.since), until: iso(current.paused.until) } : null,
-        ...(def.strategy.type === 'blueGreen' ? { liveColor: current ? (current.status === 'Succeeded' ? current.color : current.previousColor) : null } : {}),
+        // blue/green: the new colour once the stage succeeded, unless a (pipeline) rollback swapped back
+        ...(def.strategy.type === 'blueGreen' ? { liveColor: current ? (current.status === 'Succeeded' && !current.rolledBack ? current.color : current.previousColor) : null } : {}),
         attempts: stage.attempts.map((a) => ({
           attempt: a.attempt, status: a.status, operationStatus: a.operationStatus, startedAt: iso(a.startedAt),
           finishedAt: iso(a.finishedAt), phase: def.strategy.type === 'canary' ? a.phase : null,

@@ -702,7 +702,7 @@ class Machine {
         a.nodeStarted = false;
         a.listBroken = false;
         a.rollingBack = true;
-        if (a.color) { a.previousColor = a.color; }
+        // blue/green: previousColor stays the colour live before this stage; the swap back goes there
         a.rollbackArtifact = this.rollbackArtifact(next);
       }
       const i = rb.current;
@@ -711,6 +711,10 @@ class Machine {
       a.rollingBack = false;
       a.rolledBack = !a.rollbackFailed && !a.aborting;
       this.recordDeployment(i, a.rolledBack ? 'rolledBack' : 'failed');
+      const d = this.stageDef(i);
+      if (d.strategy.type === 'blueGreen' && d.deploy && a.rolledBack && a.previousColor) {
+        this.emit({ type: 'setLiveColor', mapping: d.deploy, color: a.previousColor });
+      }
       rb.current = null;
     }
   }

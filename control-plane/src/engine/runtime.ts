@@ -726,17 +726,27 @@ export function judgeData(cfg: VerifyConfig, data: unknown): Verdict {
   });
 }
 
-/** CONTRACT §6 `verification` of a verify step run. */
+/**
+ * CONTRACT §6 `verification` of a verify step run, plus the evidence behind each call:
+ * the U statistic, the effect size (mean ratio), the shift estimate and its interval, the
+ * points left out (not numbers, outliers), the direction and whether the metric failed.
+ */
 export function toVerification(v: Verdict): VerificationVerdict {
+  const side = (s: Verdict['metrics'][number]['baseline']) => ({
+    points: s.points, median: s.median, mean: s.mean, droppedNonFinite: s.droppedNonFinite, droppedOutliers: s.droppedOutliers,
+  });
   return {
     verdict: v.verdict,
     score: v.score,
     reason: v.reason,
+    sensitivity: v.sensitivity,
+    confidence: v.confidence,
     metrics: v.metrics.map((m) => ({
       name: m.name, classification: m.classification,
-      baseline: { points: m.baseline.points, median: m.baseline.median },
-      canary: { points: m.canary.points, median: m.canary.median },
+      baseline: side(m.baseline),
+      canary: side(m.canary),
       pValue: m.pValue, reason: m.reason, critical: m.critical, failed: m.failed,
+      direction: m.direction, weight: m.weight, statistic: m.statistic, effectSize: m.effectSize, shift: m.shift, ci: m.ci, method: m.method,
     })),
   };
 }

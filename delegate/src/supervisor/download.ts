@@ -36,6 +36,8 @@ export interface FetchBundleOptions {
   dir: string;
   timeoutMs?: number;
   signal?: AbortSignal;
+  /** called once the file is downloaded, before it is unpacked and checked */
+  onDownloaded?: (bytes: number) => void;
 }
 
 export function httpBase(url: string): string {
@@ -76,6 +78,7 @@ export async function fetchBundle(o: FetchBundleOptions): Promise<{ dir: string;
     if (bytes > MAX_BUNDLE_BYTES) counted.destroy(new UpgradeRefused(`the bundle is larger than ${MAX_BUNDLE_BYTES} bytes`));
   });
   await pipeline(counted, createWriteStream(file));
+  o.onDownloaded?.(bytes);
 
   const files = join(o.dir, 'files');
   await mkdir(files, { recursive: true });

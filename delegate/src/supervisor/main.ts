@@ -222,8 +222,8 @@ export class Supervisor {
         try {
           const b = await fetchBundle({
             baseUrl: cfg.url, path: o.url, token: cfg.token, version: o.version, sha256: o.sha256, dir: tmp, signal: this.stopController.signal,
+            onDownloaded: () => this.report(o.version, 'verifying'),
           });
-          this.report(o.version, 'verifying');
           this.versions.install(o.version, b.dir);
           target = await this.versions.verified(o.version, o.sha256);
           log.info({ bytes: b.bytes }, 'bundle downloaded and verified');

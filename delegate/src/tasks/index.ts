@@ -23,16 +23,19 @@ export interface SelfCheckReport {
 
 /**
  * Runs every handler's self-check (in parallel, each bounded); a check that fails is tried
- * once more after `retryDelayMs` (a start on a starved machine can time out once); what
+ * again after each of `retryDelaysMs` (a start on a starved machine can time out); what
  * still fails is not announced.
  */
-export async function runSelfChecks(handlers: HandlerMap, timeoutMs = 15_000, retryDelayMs = 1000): Promise<SelfCheckReport> {
-  const first = await selfCheckRound(Object.entries(handlers) as Array<[TaskKind, TaskHandler]>, timeoutMs);
-  const again = first.filter((r) => r.error !== undefined);
-  if (again.length === 0 || retryDelayMs < 0) return report(first);
-  await new Promise((r) => setTimeout(r, retryDelayMs));
-  const second = await selfCheckRound(again.map((r) => [r.kind, handlers[r.kind]!] as [TaskKind, TaskHandler]), timeoutMs);
-  return report(first.map((r) => second.find((x) => x.kind === r.kind) ?? r));
+export async function runSelfChecks(handlers: HandlerMap, timeoutMs = 15_000, retryDelaysMs: readonly number[] = [1000, 3000]): Promise<SelfCheckReport> {
+  let results = await selfCheckRound(Object.entries(handlers) as Array<[TaskKind, TaskHandler]>, timeoutMs);
+  for (const delay of retryDelaysMs) {
+    const again = results.filter((r) => r.error !== undefined);
+    if (again.length === 0) break;
+    await new Promise((r) => setTimeout(r, delay));
+    const next = await selfCheckRound(again.map((r) => [r.kind, handlers[r.kind]!] as [TaskKind, TaskHandler]), timeoutMs);
+    results = results.map((r) => next.find((x) => x.kind === r.kind) ?? r);
+  }
+  return report(results);
 }
 
 type CheckResult = { kind: TaskKind; error: string | undefined };

@@ -153,7 +153,8 @@ export function createShellHandler(opts: { env?: NodeJS.ProcessEnv } = {}): Task
     run,
     async selfCheck() {
       const r = await execa('bash', ['-c', 'echo ok'], { reject: false, timeout: 10_000, env: stepEnvironment(baseEnv, {}), extendEnv: false });
-      if (r.exitCode !== 0 || String(r.stdout).trim() !== 'ok') throw new Error(`bash -c 'echo ok' gave exit ${r.exitCode}: ${String(r.stderr).slice(0, 200)}`);
+      if (r.timedOut) throw new Error("bash -c 'echo ok' did not finish within 10s");
+      if (r.exitCode !== 0 || String(r.stdout).trim() !== 'ok') throw new Error(`bash -c 'echo ok' gave ${r.signal ? `signal ${r.signal}` : r.code ? r.code : `exit ${r.exitCode}`}: ${String(r.stderr).slice(0, 200)}`);
     },
   };
 }
