@@ -23,6 +23,7 @@ import { markDisconnected, setUpgradeState, upsertOnHello } from '../store/deleg
 import type { Scheduler } from '../scheduler/scheduler.js';
 import type { LogStore } from '../logs/log-store.js';
 import type { DispatchTarget } from '../scheduler/types.js';
+import { GroupCommit } from '../store/group-commit.js';
 
 const CONNECT_PATH = '/api/v1/delegate/connect';
 /** frames waiting to be handled before the socket is paused (read backpressure) */
@@ -54,11 +55,11 @@ export class Session implements DispatchTarget {
   draining = false;
   readonly sessionId = newId();
   readonly tokenId: string;
-  hello: Hello | null = null;
+  /** set once hello is handled; only what later readers need is kept (memory per socket) */
+  hello: { failedVersions?: string[] } | null = null;
   lastSeen: number;
   running = 0;
   closed = false;
-  log: Logger;
   private chain: Promise<void> = Promise.resolve();
   private pendingFrames = 0;
   private bucket: number;
@@ -70,7 +71,13 @@ export class Session implements DispatchTarget {
     this.lastSeen = now;
     this.bucket = gw.deps.config.maxFramesPerSecond;
     this.bucketAt = now;
-    this.log = gw.deps.logger.child({ mod: 'gateway', sessionId: this.sessionId });
+  }
+
+  /** A child logger bound to the session's ids, made when needed (sessions log rarely). */
+  get log(): Logger {
+    return this.gw.deps.logger.child(this.delegateId
+      ? { mod: 'gateway', sessionId: this.sessionId, delegateId: this.delegateId, delegate: this.name }
+      : { mod: 'gateway', sessionId: this.sessionId });
   }
 
   get accepting(): boolean {
@@ -145,9 +152,12 @@ export class Gateway extends EventEmitter {
   private readonly all = new Set<Session>();
   private heartbeatTimer: NodeJS.Timeout | null = null;
   private readonly handlers: Handlers;
+  private readonly writes: GroupCommit;
+  private lastFlush = 0;
 
   constructor(readonly deps: GatewayDeps) {
     super();
+    this.writes = new GroupCommit(deps.store);
     this.wss = new WebSocketServer({ noServer: true, maxPayload: deps.config.maxFrameBytes, perMessageDeflate: false, clientTracking: false });
     this.handlers = {
       hello: async (s) => s.close(CloseCode.OutOfOrder, 'hello was already received'),
@@ -294,11 +304,10 @@ export class Gateway extends EventEmitter {
     s.delegateId = h.delegateId;
     s.name = h.name;
     s.version = h.version;
-    s.tags = new Set(h.tags);
-    s.capabilities = new Set(h.capabilities);
+    s.tags = internSet(h.tags);
+    s.capabilities = internSet(h.capabilities);
     s.capacity = h.capacity;
     s.probation = h.probation === true;
-    s.log = s.log.child({ delegateId: h.delegateId, delegate: h.name });
     const old = this.byDelegate.get(h.delegateId);
     if (old && old !== s) {
       old.close(CloseCode.Replaced, 'replaced by a newer session of the same delegate');
@@ -307,10 +316,14 @@ export class Gateway extends EventEmitter {
     }
     this.byDelegate.set(h.delegateId, s);
     const now = this.deps.clock.now();
-    await upsertOnHello(db, h, { accountId: s.accountId, tokenId: s.tokenId, sessionId: s.sessionId, serverId: this.deps.config.serverId, now });
-    const rec = await this.deps.scheduler.reconcile(h.delegateId, h.running.map((r) => ({ taskId: r.taskId, attempt: r.attempt })));
-    const acc = await db.selectFrom('accounts').select(['name', 'ring']).where('id', '=', s.accountId).executeTakeFirst();
-    s.hello = h;
+    const acc = await this.writes.run(async (trx) => {
+      await upsertOnHello(trx, h, { accountId: s.accountId, tokenId: s.tokenId, sessionId: s.sessionId, serverId: this.deps.config.serverId, now });
+      return trx.selectFrom('accounts').select(['name', 'ring']).where('id', '=', s.accountId).executeTakeFirst();
+    });
+    const rec = h.running.length || this.deps.scheduler.mayHold(h.delegateId)
+      ? await this.deps.scheduler.reconcile(h.delegateId, h.running.map((r) => ({ taskId: r.taskId, attempt: r.attempt })))
+      : { acks: [], forget: [], cancel: [] };
+    s.hello = h.failedVersions?.length ? { failedVersions: h.failedVersions } : {};
     s.send({
       type: 'welcome',
       sessionId: s.sessionId,
@@ -342,7 +355,7 @@ export class Gateway extends EventEmitter {
     await s.idle();
     try {
       await this.deps.scheduler.detach(s.delegateId, s);
-      await markDisconnected(this.deps.store.db, s.delegateId, s.sessionId, this.deps.clock.now());
+      await this.writes.run((trx) => markDisconnected(trx, s.delegateId, s.sessionId, this.deps.clock.now()));
     } catch (err) {
       s.log.error({ err }, 'could not record the disconnect');
     }
@@ -366,7 +379,12 @@ export class Gateway extends EventEmitter {
       s.send({ type: 'heartbeat', at: now });
       touched.push({ id: s.delegateId, running: s.running });
     }
-    if (touched.length) void this.touchMany(touched, now);
+    // last_seen_at and running counts reach the database every 30 s at most; listings
+    // overlay the live values of this server's sessions.
+    if (touched.length && now - this.lastFlush >= Math.max(30_000, this.deps.config.heartbeatMs)) {
+      this.lastFlush = now;
+      void this.touchMany(touched, now);
+    }
   }
 
   private async touchMany(list: Array<{ id: string; running: number }>, now: number): Promise<void> {
@@ -419,6 +437,18 @@ export function closeReason(reason: string): string {
   let r = reason.replace(/[^\x20-\x7e]/g, '?');
   if (r.length > 120) r = `${r.slice(0, 117)}...`;
   return r;
+}
+
+const interned = new Map<string, ReadonlySet<string>>();
+/** Delegates of one pool share one set object for identical tag lists. */
+function internSet(list: string[]): ReadonlySet<string> {
+  const key = list.join('\u0000');
+  let set = interned.get(key);
+  if (!set) {
+    set = new Set(list);
+    if (interned.size < 10_000) interned.set(key, set);
+  }
+  return set;
 }
 
 function refuse(socket: Duplex, status: number, code: string, message: string): void {

@@ -2,7 +2,7 @@ import type { FastifyPluginAsync } from 'fastify';
 import { FerryError } from '@ferry/shared';
 import { principal, type PluginOpts } from './app.js';
 import { requireRole } from './auth.js';
-import { listDelegates } from '../store/delegates.js';
+import { listDelegates, type DelegateView } from '../store/delegates.js';
 import { actingAccount, NameSchema } from './common.js';
 
 const DelegateOut = {
@@ -16,15 +16,28 @@ const DelegateOut = {
   },
 } as const;
 
+/** Live values of this server's own sessions win over the periodically flushed row. */
+function overlay(ctx: PluginOpts['ctx'], list: DelegateView[]): DelegateView[] {
+  for (const d of list) {
+    const s = ctx.gateway.session(d.id);
+    if (s && !s.closed) {
+      d.lastSeenAt = new Date(s.lastSeen).toISOString();
+      d.running = s.running;
+      d.connected = true;
+    }
+  }
+  return list;
+}
+
 export const delegateRoutes: FastifyPluginAsync<PluginOpts> = async (app, { ctx }) => {
   app.get<{ Querystring: { account?: string } }>('/delegates', {
     schema: { summary: 'List delegates, connected or not', querystring: { type: 'object', properties: { account: NameSchema } }, response: { 200: { type: 'array', items: DelegateOut } } },
   }, async (req) => {
     const p = principal(req);
     requireRole(p, 'viewer');
-    if (p.system && !req.query.account) return listDelegates(ctx.store.db);
+    if (p.system && !req.query.account) return overlay(ctx, await listDelegates(ctx.store.db));
     const acc = await actingAccount(ctx, p, req.query.account);
-    return listDelegates(ctx.store.db, acc.id);
+    return overlay(ctx, await listDelegates(ctx.store.db, acc.id));
   });
 
   app.get<{ Params: { id: string } }>('/delegates/:id', {
@@ -34,6 +47,6 @@ export const delegateRoutes: FastifyPluginAsync<PluginOpts> = async (app, { ctx 
     requireRole(p, 'viewer');
     const [d] = await listDelegates(ctx.store.db, p.system ? undefined : p.accountId, req.params.id);
     if (!d) throw new FerryError('NOT_FOUND', `no delegate ${req.params.id}`);
-    return d;
+    return overlay(ctx, [d])[0];
   });
 };

@@ -269,8 +269,10 @@ export class Scheduler implements ResultApplier {
   /** A delegate session opened: record its tasks in flight and dispatch to it. */
   async attach(t: DispatchTarget): Promise<void> {
     this.targets.set(t.delegateId, t);
-    const rows = await this.store.db.selectFrom('tasks').select('id').where('delegate_id', '=', t.delegateId).where('status', 'in', ['assigned', 'running']).execute();
-    this.inFlight.set(t.delegateId, new Set(rows.map((r) => r.id)));
+    if (this.mayHold(t.delegateId)) {
+      const rows = await this.store.db.selectFrom('tasks').select('id').where('delegate_id', '=', t.delegateId).where('status', 'in', ['assigned', 'running']).execute();
+      this.inFlight.set(t.delegateId, new Set(rows.map((r) => r.id)));
+    }
     this.wake();
   }
 
@@ -505,6 +507,15 @@ export class Scheduler implements ResultApplier {
     for (const d of capable) used += this.inFlight.get(d.id)?.size ?? 0;
     if (used >= slots || position > 1) return { reason: `all ${capable.length} eligible delegates are busy (${Math.min(used, slots)}/${slots} slots in use)`, position };
     return { reason: 'waiting for dispatch', position };
+  }
+
+  /**
+   * Could the database hold tasks of this delegate? False only when this server knows it
+   * holds none (saves the reconcile queries in a reconnect storm).
+   */
+  mayHold(delegateId: string): boolean {
+    const set = this.inFlight.get(delegateId);
+    return set === undefined || set.size > 0;
   }
 
   /** Does this delegate hold the task (assigned or running here)? Guards log and result frames. */
