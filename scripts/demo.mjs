@@ -91,6 +91,8 @@ function ferry(args, o = {}) {
   if (!o.quiet) command(args);
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [FERRY, ...args], { env: env({ FERRY_URL: url, FERRY_TOKEN: token }), stdio: ['ignore', 'pipe', 'pipe'] });
+    children.push(child);
+    child.exited = new Promise((r) => child.once('exit', (code, signal) => r({ code, signal })));
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => { stdout += d; if (o.show) process.stdout.write(d); });
@@ -321,7 +323,8 @@ async function demo() {
   heading('what happened: the executions and their status trees');
   await ferryOk(['executions'], { show: true });
   await ferryOk(['execution', v1], { show: true });
-  await ferryOk(['execution', v2], { show: true });
+  note('--history lists the steps of every attempt: the failed and rolled-back attempt 1 of prod, then attempt 2');
+  await ferryOk(['execution', v2, '--history'], { show: true });
   note('the failed health check of v2 in prod (attempt 1 of the prod stage):');
   await ferryOk(['logs', v2, '--stage', 'prod', '--step', 'health', '--attempt', '1'], { show: true });
   note('and the rollback step of that attempt:');

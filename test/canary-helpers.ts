@@ -20,6 +20,8 @@ export interface MetricEvidence {
   baseline: { points: number; median: number | null };
   canary: { points: number; median: number | null };
   pValue: number | null;
+  statistic?: number | null;
+  effectSize?: number | null;
   reason: string;
   critical?: boolean;
   failed?: boolean;

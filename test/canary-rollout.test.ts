@@ -79,6 +79,7 @@ describeWithPrometheus('canary deployments verified against Prometheus', () => {
         expect(typeof m.baseline.median).toBe('number');
         expect(typeof m.canary.median).toBe('number');
         expect(typeof m.pValue).toBe('number');
+        expect(typeof m.statistic).toBe('number'); // Mann-Whitney U
         expect(m.reason.length).toBeGreaterThan(0);
       }
       const errors = ver.metrics.find((m) => m.name === 'error-rate')!;
@@ -123,7 +124,7 @@ describeWithPrometheus('canary deployments verified against Prometheus', () => {
     const verify = stage.steps.find((s) => s.id === 'verify' && s.phase === 0)!;
     expect(verify.status).toBe('Failed');
     expect(verify.error?.kind).toBe('Verification');
-    expect(verify.error?.message).toMatch(/Unhealthy/);
+    expect(verify.error?.message).toMatch(/the canary is Unhealthy \(score \d+\); failed: error-rate \(critical\)/);
     const ver = verify.verification!;
     expect(ver.verdict).toBe('Unhealthy');
     const errors = ver.metrics.find((m) => m.name === 'error-rate')!;

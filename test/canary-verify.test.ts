@@ -4,7 +4,7 @@
  * verification fails and swaps back without redeploying (the example's blue-green.yaml
  * against a real Prometheus), and a paused canary phase that `ferry promote` continues.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, makeTempDir, useProcessGuard, waitFor, type FerryDelegate, type FerryServer } from './support/processes.js';
@@ -75,7 +75,7 @@ pipeline: ${name}
 environments:
   staging:
     # the strict one names its own source: the environment's would be unreachable
-    healthSource: { type: prometheus, url: "${failOnNoData ? 'http://127.0.0.1:1' : prom.url}" }
+    healthSource: { type: prometheus, url: "${failOnNoData ? 'http://127.0.0.1:1' : prom.url}", bearerTokenSecret: PROM_TOKEN }
 stages:
   - id: canary
     type: deploy
@@ -101,6 +101,9 @@ stages:
 ${failOnNoData ? `variables:\n  prom: { type: string, default: "http://127.0.0.1:1" }\n` : ''}`;
 
   it('no data: passes without failOnNoData (verdict NoData), fails the gate with it', async () => {
+    // the lenient one reads a source with a bearer token: a secret, never stored in clear
+    const token = 'prom-Bearer-t0ken-4711';
+    (await server.cli(['secret', 'set', 'PROM_TOKEN'], { input: `${token}\n` })).ok();
     await applyPipeline(server, noDataPipeline('ghost-lenient', false));
     await applyPipeline(server, noDataPipeline('ghost-strict', true));
     const [lenientId, strictId] = await Promise.all([
@@ -122,6 +125,10 @@ ${failOnNoData ? `variables:\n  prom: { type: string, default: "http://127.0.0.1
     const lenientLog = (await server.cli(['logs', lenientId, '--stage', 'canary'])).ok().stdout;
     expect(lenientLog).toMatch(/\[canary\/verify@0\] ghost \[baseline\]: 0 point\(s\)/);
     expect(lenientLog).toMatch(/\[canary\/verify@0\] verification NoData/);
+    for (const file of ['ferry.db', 'ferry.db-wal']) {
+      const p = join(server.dataDir, file);
+      if (existsSync(p)) expect(readFileSync(p).toString('latin1').includes(token), `${file} holds the token in clear`).toBe(false);
+    }
 
     const strict = await ended(strictId);
     expect(strict.status).toBe('Failed');

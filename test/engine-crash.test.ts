@@ -45,7 +45,10 @@ async function crashAndRestart(downMs = 0, env?: Record<string, string>): Promis
   await server.kill('SIGKILL');
   if (downMs) await sleep(downMs);
   await server.restart(env ? { env } : {});
-  await waitForDelegates(server, { names: ['crash-runner'], timeout: 30_000 });
+  await waitFor(async () => {
+    const r = await c.api<Array<{ name: string; connected: boolean }>>('GET', 'delegates');
+    return r.status === 200 && r.body.some((d) => d.name === 'crash-runner' && d.connected);
+  }, { timeout: 30_000, interval: 100, message: 'the delegate to reconnect' });
 }
 
 describe('permissions', () => {

@@ -268,6 +268,54 @@ stages:${deployStage(name, 'deploy', `    steps:
       expect(late.code).toBe(1);
       expect(late.stderr).toMatch(/^error: WRONG_STATE: /m);
     });
+
+    it('two interventions waiting at once: ferry intervene without --step refuses with the list; each is resolved on its own', async () => {
+      await c.apply(`pipeline: sc-mi-two
+stages:${deployStage('sc-mi-two', 'deploy', `    steps:
+      - parallel:
+          - { id: east, type: shell, script: 'sleep 0.3; echo "east try $FERRY_TRY"; exit 1' }
+          - { id: west, type: shell, script: 'sleep 0.3; echo "west try $FERRY_TRY"; [ "$FERRY_TRY" -ge 2 ]' }
+    failureStrategies:
+      - on: [AllErrors]
+        action: { type: manualIntervention }`)}
+`);
+      const run = await c.run('sc-mi-two', { artifact: 't1' });
+      const obs = c.observe(run.id);
+      await c.until(run.id, (d) => steps(d, 'deploy').filter((s) => s.intervention).length === 2, 'both interventions to wait');
+      const both = await cli(['intervene', run.id, '--action', 'ignore']);
+      expect(both.code).toBe(1);
+      expect(both.stderr).toMatch(/^error: AMBIGUOUS: more than one waits for a manual intervention: deploy\/east, deploy\/west; name one with --stage and --step/m);
+      expect((await cli(['intervene', run.id, '--action', 'ignore', '--step', 'east'])).code).toBe(0);
+      const half = await c.get(run.id);
+      expect(half.status).toBe('Paused');
+      expect(stage(half, 'deploy').attempts[0]!.operationStatus).toBe('ManualInterventionPending');
+      expect((await cli(['intervene', run.id, '--action', 'retry', '--stage', 'deploy', '--step', 'west'])).code).toBe(0);
+      const d = await c.ended(run.id, 'PartiallySucceeded');
+      await obs.stop();
+      expectPairs(d, obs, 'deploy', [QFA, PIP, MIP, IQFA, PIP, 'PartiallySucceeded/PhasePartiallySucceeded']);
+      expect(steps(d, 'deploy').map((s) => [s.id, s.try, s.status])).toEqual([['east', 1, 'Ignored'], ['west', 1, 'Failed'], ['west', 2, 'Succeeded']]);
+    });
+  });
+
+  it('a first step that never gets a delegate (NoEligibleDelegate after its queueTimeout) waits for an intervention too', async () => {
+    await c.apply(`pipeline: sc-nodelegate
+stages:${deployStage('sc-nodelegate', 'deploy', `    steps:
+      - { id: gpu, type: shell, script: 'echo never', delegateSelectors: [gpu], queueTimeout: 1s }
+    failureStrategies:
+      - on: [NoEligibleDelegate]
+        action: { type: manualIntervention }`)}
+`);
+    const run = await c.run('sc-nodelegate', { artifact: 'n1' });
+    const obs = c.observe(run.id);
+    const waiting = await c.until(run.id, (d) => steps(d, 'deploy', 'gpu')[0]?.status === 'QueuedForAgent' && steps(d, 'deploy', 'gpu')[0]?.queue !== null, 'the step to wait for a delegate');
+    expect(steps(waiting, 'deploy', 'gpu')[0]!.queue!.reason).toMatch(/gpu/);
+    const d1 = await c.atPair(run.id, 'deploy', MIP);
+    expect(d1.status).toBe('Paused');
+    expect(steps(d1, 'deploy', 'gpu')[0]).toMatchObject({ status: 'Failed', startedAt: null, error: { kind: 'NoEligibleDelegate' } });
+    expect((await cli(['intervene', run.id, '--action', 'ignore'])).code).toBe(0);
+    const d = await c.ended(run.id, 'PartiallySucceeded');
+    await obs.stop();
+    expectPairs(d, obs, 'deploy', [QFA, MIP, 'PartiallySucceeded/PhasePartiallySucceeded']);
   });
 
   describe('approvals', () => {
@@ -319,6 +367,14 @@ ${deployStage(name, 'deploy', `    steps:
       expect(stage(d, 'gate').status).toBe('Rejected');
       expect(steps(d, 'gate')[0]).toMatchObject({ status: 'Failed', approvals: [expect.objectContaining({ by: 'admin', decision: 'rejected', comment: 'not today' })] });
       expect(stage(d, 'deploy')).toMatchObject({ status: 'NotStarted', attempts: [] });
+      // a Rejected execution can be resumed: the approval is asked again, as attempt 2
+      await c.command(id, 'resume', { fromStage: 'gate' });
+      const again = await c.atPair(id, 'gate', 'NotDeployed/Pending');
+      expect(stage(again, 'gate').attempts.map((a) => a.attempt)).toEqual([1, 2]);
+      expect(steps(again, 'gate')[0]).toMatchObject({ status: 'Running', attempt: 2, approvals: [] });
+      await c.command(id, 'approve', {}, 200, await userToken(server, 'bob', 'deployer'));
+      const end = await c.ended(id, 'Succeeded');
+      expectPairs(end, null, 'gate', ['NotDeployed/Pending', OK], 2);
     });
 
     it('expired: its timeout passes, <NotDeployed, Rejected>, the stage and the execution Expired', async () => {
@@ -330,6 +386,12 @@ ${deployStage(name, 'deploy', `    steps:
       expect(steps(d, 'gate')[0]!.status).toBe('Expired');
       expect(Date.parse(d.finishedAt!) - Date.parse(d.createdAt)).toBeGreaterThanOrEqual(2900);
       expect(stage(d, 'deploy').status).toBe('NotStarted');
+      // an Expired execution can be resumed too: a new attempt, with its own timeout
+      await c.command(id, 'resume', { fromStage: 'gate' });
+      expect((await c.get(id)).status).toBe('Running');
+      const again = await c.ended(id, 'Expired');
+      expect(stage(again, 'gate').attempts.map((a) => [a.attempt, a.status, a.operationStatus])).toEqual([[1, 'NotDeployed', 'Rejected'], [2, 'NotDeployed', 'Rejected']]);
+      expectPairs(again, null, 'gate', ['NotDeployed/Pending', 'NotDeployed/Rejected'], 2);
     });
 
     it('deferred: an approval step approved with --defer-until waits <NotDeployed, Deferred>, then the stage goes on', async () => {
@@ -353,6 +415,59 @@ stages:${deployStage('sc-appr-defer', 'deploy', `    steps:
       await obs.stop();
       expectPairs(d, obs, 'deploy', ['NotDeployed/Pending', 'NotDeployed/Deferred', QFA, PIP, OK]);
       expect(Date.parse(steps(d, 'deploy', 'work')[0]!.queuedAt!)).toBeGreaterThanOrEqual(Date.parse(until));
+    });
+  });
+
+  describe('approval steps', () => {
+    it('the last step, after a delegate step ran, approved: <InProgress, Pending> → <Succeeded, Approved>', async () => {
+      await c.apply(`pipeline: sc-appr-last
+stages:${deployStage('sc-appr-last', 'deploy', `    steps:
+      - { id: install, type: shell, script: 'echo installed' }
+      - { id: sign-off, type: approval }`)}
+`);
+      const run = await c.run('sc-appr-last', { artifact: 't0' });
+      const obs = c.observe(run.id);
+      const w = await c.atPair(run.id, 'deploy', 'InProgress/Pending');
+      expect(w.status).toBe('Running');
+      expect((await cli(['approve', run.id, '--comment', 'looks right'])).code).toBe(0);
+      const d = await c.ended(run.id, 'Succeeded');
+      await obs.stop();
+      expectPairs(d, obs, 'deploy', [QFA, PIP, 'InProgress/Pending', OK]);
+    });
+
+    it('rejected after a delegate step ran: <InProgress, Pending> → <Failed, Rejected>', async () => {
+      await c.apply(`pipeline: sc-appr-late
+stages:${deployStage('sc-appr-late', 'deploy', `    steps:
+      - { id: canary, type: shell, script: 'echo canary deployed' }
+      - { id: ok, type: approval }
+      - { id: rest, type: shell, script: 'echo rest' }`)}
+`);
+      const run = await c.run('sc-appr-late', { artifact: 't2' });
+      const obs = c.observe(run.id);
+      await c.atPair(run.id, 'deploy', 'InProgress/Pending');
+      expect((await cli(['reject', run.id, '--comment', 'canary looks wrong'])).code).toBe(0);
+      const d = await c.ended(run.id, 'Rejected');
+      await obs.stop();
+      expectPairs(d, obs, 'deploy', [QFA, PIP, 'InProgress/Pending', 'Failed/Rejected']);
+      expect(stage(d, 'deploy').status).toBe('Rejected');
+      expect(steps(d, 'deploy').map((s) => [s.id, s.status])).toEqual([['canary', 'Succeeded'], ['ok', 'Failed'], ['rest', 'Skipped']]);
+    });
+
+    it('aborted while it waits, before any step ran: <NotDeployed, Pending> → <NotDeployed, Canceled>', async () => {
+      await c.apply(`pipeline: sc-appr-abort
+stages:${deployStage('sc-appr-abort', 'deploy', `    steps:
+      - { id: ok, type: approval }
+      - { id: work, type: shell, script: 'echo deployed' }`)}
+`);
+      const run = await c.run('sc-appr-abort', { artifact: 't3' });
+      const obs = c.observe(run.id);
+      await c.atPair(run.id, 'deploy', 'NotDeployed/Pending');
+      expect((await cli(['abort', run.id])).code).toBe(0);
+      const d = await c.ended(run.id, 'Aborted');
+      await obs.stop();
+      expectPairs(d, obs, 'deploy', ['NotDeployed/Pending', 'NotDeployed/Canceled']);
+      expect(stage(d, 'deploy').status).toBe('Canceled');
+      expect(steps(d, 'deploy').map((s) => [s.id, s.status])).toEqual([['ok', 'Canceled'], ['work', 'Canceled']]);
     });
   });
 
@@ -410,6 +525,13 @@ stages:${deployStage('sc-queue', 'deploy', `    steps:
     expect(steps(queued, 'deploy', 'work')[0]!.status).toBe('Waiting');
     const tree = await cli(['execution', second.id]);
     expect(tree.stdout).toContain('<NotDeployed, Queued> (waiting behind another deployment to sc-queue/prod/local)');
+    // a third waits behind both, and is aborted while it waits: it gives its place up
+    const third = await c.run('sc-queue', { artifact: 'q3', inputs: { gate: gate.path } });
+    await c.atPair(third.id, 'deploy', 'NotDeployed/Queued');
+    await c.command(third.id, 'abort');
+    const t = await c.ended(third.id, 'Aborted');
+    expectPairs(t, null, 'deploy', ['NotDeployed/Queued', 'NotDeployed/Canceled']);
+    expect(steps(t, 'deploy', 'work')[0]).toMatchObject({ status: 'Canceled', startedAt: null });
     // it stays queued while the first runs
     await new Promise((r) => setTimeout(r, 700));
     expect(stage(await c.get(second.id), 'deploy').attempts[0]!.operationStatus).toBe('Queued');

@@ -25,11 +25,11 @@ try {
   // V1, then V2: the delegates download both; V1 stays on disk as the previous version
   let t = Date.now();
   await cli(srv, ['ring', 'set', 'ring0', '--version', V1]);
-  await until(srv, allOn(names, V1, t), { what: `${N} on ${V1}` });
+  await until(srv, allOn(names, V1, t), { what: `${N} on ${V1}`, timeoutMs: 300_000 });
   const firstUpgradeMs = Date.now() - t;
   t = Date.now();
   await cli(srv, ['ring', 'set', 'ring0', '--version', V2]);
-  await until(srv, allOn(names, V2, t), { what: `${N} on ${V2}` });
+  await until(srv, allOn(names, V2, t), { what: `${N} on ${V2}`, timeoutMs: 300_000 });
   const secondUpgradeMs = Date.now() - t;
 
   // the figure

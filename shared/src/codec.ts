@@ -19,11 +19,23 @@ export type DecodeResult<F> =
 
 const ajv = new Ajv({ allErrors: false, strict: false, coerceTypes: false, useDefaults: false });
 
-function compileCatalogue(cat: Record<string, TSchema>): Map<string, ValidateFunction> {
-  const m = new Map<string, ValidateFunction>();
-  for (const [type, schema] of Object.entries(cat)) m.set(type, ajv.compile(schema));
-  return m;
+/**
+ * Validators compiled once, on first use of each frame type: a process that only ever
+ * sees a few types (a starting delegate worker, the supervisor) does not pay for the rest.
+ */
+class Catalogue {
+  private readonly compiled = new Map<string, ValidateFunction>();
+  constructor(private readonly schemas: Record<string, TSchema>) {}
+  get(type: string): ValidateFunction | undefined {
+    let v = this.compiled.get(type);
+    if (v) return v;
+    if (!Object.prototype.hasOwnProperty.call(this.schemas, type)) return undefined;
+    v = ajv.compile(this.schemas[type]!);
+    this.compiled.set(type, v);
+    return v;
+  }
 }
+const compileCatalogue = (cat: Record<string, TSchema>) => new Catalogue(cat);
 
 const delegateValidators = compileCatalogue(DelegateFrames);
 const serverValidators = compileCatalogue(ServerFrames);
@@ -35,7 +47,7 @@ export function encodeFrame(frame: DelegateFrame | ServerFrame): Buffer {
   return packr.pack(frame);
 }
 
-function decodeWith<F>(buf: Uint8Array, validators: Map<string, ValidateFunction>): DecodeResult<F> {
+function decodeWith<F>(buf: Uint8Array, validators: Catalogue): DecodeResult<F> {
   let value: unknown;
   try {
     value = unpackr.unpack(buf);

@@ -264,7 +264,7 @@ const scenarios: Scenario[] = [
     name: 'manual intervention timeout without onTimeout fails the stage',
     yaml: pipeline(deployStage('dev', shell('deploy')) + intervention()),
     drive: (sim) => { sim.run('deploy', 'Failed'); sim.advance(3_600_000); sim.fireTimers(); },
-    pairs: { dev: [ND('QueuedForAgent'), IP('PhaseInProgress'), IP('ManualInterventionPending'), IP('PhaseInProgress'), 'Failed/PhaseFailed'] },
+    pairs: { dev: [ND('QueuedForAgent'), IP('PhaseInProgress'), IP('ManualInterventionPending'), 'Failed/PhaseFailed'] },
     execution: 'Failed',
   },
   {

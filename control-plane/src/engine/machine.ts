@@ -297,7 +297,11 @@ class Machine {
       const v = run.verification as VerificationVerdict | null;
       const cfg = this.stepDefOf(i, run).verify;
       if (status === 'Succeeded' && v) {
-        const why = typeof v.reason === 'string' && v.reason ? `: ${v.reason}` : '';
+        // the failing metrics by name (the verdict's evidence and the step log say why)
+        const failing = Array.isArray(v.metrics)
+          ? (v.metrics as Array<{ name?: unknown; failed?: unknown; critical?: unknown }>).filter((m) => m.failed === true).map((m) => `${String(m.name)}${m.critical === true ? ' (critical)' : ''}`)
+          : [];
+        const why = failing.length > 0 ? `; failed: ${failing.join(', ')}` : typeof v.reason === 'string' && v.reason ? `: ${v.reason}` : '';
         if (v.verdict === 'Unhealthy') { status = 'Failed'; error = { kind: 'Verification', message: `verification failed: the canary is Unhealthy${typeof v.score === 'number' ? ` (score ${v.score})` : ''}${why}`.slice(0, 2000) }; }
         else if (v.verdict === 'NoData' && cfg?.failOnNoData) { status = 'Failed'; error = { kind: 'Verification', message: 'verification found no data (failOnNoData)' }; }
       }
@@ -885,9 +889,13 @@ class Machine {
       }
       case 'verify': {
         const v = step.verify!;
-        // ${FERRY_VAR_X} in the url and queries, as in an http step; `$role` is the delegate's
+        // ${FERRY_VAR_X} in the url and queries, as in an http step; `$role` is the delegate's.
+        // The bearer token travels as a secret of this task (TaskRequest.secretNames), never in
+        // the stored spec: the spec names it (bearerTokenSecret) for the delegate to look up in
+        // the assignment's secrets (not yet in @ferry/shared's VerifySpec type, hence the cast).
+        const named = v.source.bearerTokenSecret ? { bearerTokenSecret: v.source.bearerTokenSecret } : {};
         return {
-          kind: 'verify', source: { type: 'prometheus', url: expand(v.source.url) },
+          kind: 'verify', source: { type: 'prometheus', url: expand(v.source.url), ...named } as { type: 'prometheus'; url: string },
           metrics: v.metrics.map((m) => ({ name: m.name, query: expand(m.query) })),
           roles: ['baseline', 'canary'], durationMs: v.durationMs, intervalMs: v.intervalMs,
         };

@@ -231,13 +231,23 @@ export class Engine implements TaskListener {
 
   private async handleTaskFinished(o: SchedulerOutcome, delegateName: string | null): Promise<void> {
     const executionId = o.executionId!;
+    // A verify task's verdict is judged first and its lines go into the step's log before the
+    // result is applied, so that they come before the next phase's output (also with --follow).
+    // Only for a run still waiting for its result: a repeated outcome writes no second verdict.
     let verdict: Verdict | null = null;
+    if (o.status === 'Succeeded') {
+      const row = await this.db.selectFrom('executions').select(['state']).where('id', '=', executionId).executeTakeFirst();
+      const pending = row ? describeRun(JSON.parse(row.state) as ExecutionState, o.taskId) : null;
+      if (pending?.run.type === 'verify' && pending.step.verify && (pending.run.status === 'Running' || pending.run.status === 'QueuedForAgent')) {
+        verdict = judgeData(pending.step.verify, o.data);
+        for (const line of formatVerdict(verdict)) await this.deps.logs.appendNote(o.taskId, line, 'after').catch(() => undefined);
+      }
+    }
     await this.transact(executionId, (state, ctx) => {
       const found = describeRun(state, o.taskId);
       let verification: VerificationVerdict | null = null;
       if (found?.run.type === 'verify' && o.status === 'Succeeded' && found.step.verify) {
-        verdict = judgeData(found.step.verify, o.data);
-        verification = toVerification(verdict);
+        verification = toVerification(verdict ?? judgeData(found.step.verify, o.data));
       }
       const event: MachineEvent = {
         type: 'taskFinished', stepRunId: o.taskId, verification,
@@ -248,9 +258,6 @@ export class Engine implements TaskListener {
       };
       return apply(state, event, this.now(), ctx);
     });
-    if (verdict) {
-      for (const line of formatVerdict(verdict)) await this.deps.logs.appendNote(o.taskId, line, 'after').catch(() => undefined);
-    }
   }
 
   // ---- timers ----------------------------------------------------------------------------
@@ -712,9 +719,9 @@ function targetStages(s: ExecutionState, cmd: ExecutionCommand): number[] {
 
 /** The judge's verdict on a verify task's series (canary vs baseline). */
 export function judgeData(cfg: VerifyConfig, data: unknown): Verdict {
-  const series = ((data as { metrics?: Array<{ name: string; role: string; points: number[] }> } | undefined)?.metrics) ?? [];
+  const series = ((data as { metrics?: Array<{ name: string; role: string; points: number[]; error?: string }> } | undefined)?.metrics) ?? [];
   const pointsOf = (name: string, role: string) => series.find((m) => m.name === name && m.role === role)?.points ?? [];
-  return judge({
+  const verdict = judge({
     sensitivity: cfg.sensitivity,
     failOnNoData: cfg.failOnNoData,
     metrics: cfg.metrics.map((m) => ({
@@ -724,6 +731,18 @@ export function judgeData(cfg: VerifyConfig, data: unknown): Verdict {
       baseline: pointsOf(m.name, 'baseline'), canary: pointsOf(m.name, 'canary'),
     })),
   });
+  // A query Prometheus refused (a typo, an unknown function) is not "no data": it fails the
+  // metric and the verification whatever failOnNoData says, so a broken query never passes.
+  const errors = new Map<string, string>();
+  for (const m of series) if (m.error && !errors.has(m.name)) errors.set(m.name, `${m.role ? `${m.role}: ` : ''}${m.error}`);
+  const broken = cfg.metrics.filter((m) => errors.has(m.name)).map((m) => m.name);
+  if (broken.length === 0) return verdict;
+  return {
+    ...verdict,
+    verdict: 'Unhealthy',
+    reason: `the query of ${broken.join(', ')} failed (${errors.get(broken[0]!)}); ${verdict.reason}`,
+    metrics: verdict.metrics.map((m) => (errors.has(m.name) ? { ...m, failed: true, reason: `the query failed (${errors.get(m.name)}); ${m.reason}` } : m)),
+  };
 }
 
 /**

@@ -113,13 +113,13 @@ ${verify}${metrics}
     const t = sim.task('verify');
     expect(t.kind).toBe('verify');
     expect(t.spec).toEqual({
-      kind: 'verify', source: { type: 'prometheus', url: 'http://10.1.2.3:9090/' },
+      kind: 'verify', source: { type: 'prometheus', url: 'http://10.1.2.3:9090/', bearerTokenSecret: 'PROM_TOKEN' },
       metrics: [{ name: 'errors', query: 'sum(rate(errors_total{role="$role",job="api"}[1m]))' }],
       roles: ['baseline', 'canary'], durationMs: 30_000, intervalMs: 5_000,
     });
-    // the token's secret goes with this task only, by name; never into the stored spec
+    // the token's secret goes with this task only (its value is added at assignment, never stored)
     expect(t.secretNames).toEqual(['PROM_TOKEN']);
-    expect(JSON.stringify(t.spec)).not.toContain('PROM_TOKEN');
+    expect(t.env.PROM_TOKEN).toBeUndefined();
     expect(sim.task('deploy').secretNames).toEqual([]);
   });
 
@@ -195,6 +195,41 @@ stages:
     expect(latency.effectSize).toBeCloseTo(2, 5);
     expect(latency.pValue as number).toBeLessThan(0.001);
     expect(latency.reason).toMatch(/within the tolerated 3/);
+  });
+});
+
+describe('a query Prometheus refused', () => {
+  test('fails the verification, also without failOnNoData: a typo is not "no data"', () => {
+    const def = parsePipeline(`
+pipeline: p
+stages:
+  - id: check
+    type: custom
+    steps:
+      - id: v
+        type: verify
+        source: { type: prometheus, url: "http://p" }
+        metrics: [{ name: typo, query: 'sum(rate(x[1m])' }, { name: fine, query: 'y' }]
+`);
+    const cfg = def.stages[0]!.steps[0]!.steps[0]!.verify!;
+    const ok = [1, 1, 1, 1, 1];
+    const data = {
+      start: 0, end: 1, stepSeconds: 1,
+      metrics: [
+        { name: 'typo', role: 'baseline', points: [], nulls: 0, series: 0, error: 'prometheus: bad_data: 1:16: parse error: unclosed left parenthesis' },
+        { name: 'typo', role: 'canary', points: [], nulls: 0, series: 0, error: 'prometheus: bad_data: 1:16: parse error: unclosed left parenthesis' },
+        { name: 'fine', role: 'baseline', points: ok, nulls: 0, series: 1 },
+        { name: 'fine', role: 'canary', points: ok, nulls: 0, series: 1 },
+      ],
+    };
+    const v = judgeData(cfg, data);
+    expect(v.verdict).toBe('Unhealthy');
+    expect(v.reason).toMatch(/the query of typo failed \(baseline: prometheus: bad_data/);
+    expect(v.metrics[0]).toMatchObject({ name: 'typo', classification: 'NoData', failed: true });
+    expect(v.metrics[0]!.reason).toMatch(/^the query failed/);
+    expect(v.metrics[1]).toMatchObject({ name: 'fine', classification: 'Pass', failed: false });
+    // without errors the same empty series is plain NoData, which passes without failOnNoData
+    expect(judgeData(cfg, { metrics: data.metrics.map(({ error: _e, ...m }) => m) }).verdict).toBe('Healthy');
   });
 });
 

@@ -58,12 +58,16 @@ export const ATTEMPT_TRANSITIONS: Readonly<Record<AttemptPair, readonly AttemptP
   'NotDeployed/QueuedForAgent': ['NotDeployed/Pending', 'NotDeployed/Approved', ...IN_PROGRESS.filter((p) => p !== 'InProgress/Cancelling'), 'NotDeployed/Rejected', 'NotDeployed/Canceled'],
 
   'InProgress/PhaseInProgress': [...IN_PROGRESS.filter((p) => p !== 'InProgress/PhaseInProgress'), 'Succeeded/Approved', 'PartiallySucceeded/PhasePartiallySucceeded', 'Failed/PhaseFailed', 'Failed/Rejected'],
-  'InProgress/QueuedForAgent': IN_PROGRESS.filter((p) => p !== 'InProgress/QueuedForAgent'),
-  'InProgress/Pending': [...IN_PROGRESS.filter((p) => p !== 'InProgress/Pending'), 'Failed/Rejected'],
+  // a later step that never got a delegate (NoEligibleDelegate) may end the attempt
+  'InProgress/QueuedForAgent': [...IN_PROGRESS.filter((p) => p !== 'InProgress/QueuedForAgent'), 'PartiallySucceeded/PhasePartiallySucceeded', 'Failed/PhaseFailed'],
+  // an approval step after a delegate step: approved as the last step ends the attempt
+  'InProgress/Pending': [...IN_PROGRESS.filter((p) => p !== 'InProgress/Pending'), 'Succeeded/Approved', 'PartiallySucceeded/PhasePartiallySucceeded', 'Failed/Rejected'],
   'InProgress/EvaluatingGates': IN_PROGRESS.filter((p) => p !== 'InProgress/EvaluatingGates'),
   // verification failed: a failure strategy or a rollback is under way, or it ends the attempt
   'InProgress/GatesFailed': [...IN_PROGRESS.filter((p) => p !== 'InProgress/GatesFailed'), 'Failed/GatesFailed'],
-  'InProgress/ManualInterventionPending': IN_PROGRESS.filter((p) => p !== 'InProgress/ManualInterventionPending'),
+  // resolved: a retry or a rollback goes on working; `ignore` of the last step, or a timeout
+  // without onTimeout, ends the attempt right there (no moment of PhaseInProgress between)
+  'InProgress/ManualInterventionPending': [...IN_PROGRESS.filter((p) => p !== 'InProgress/ManualInterventionPending'), 'PartiallySucceeded/PhasePartiallySucceeded', 'Failed/PhaseFailed'],
   // between canary phases, or a timed pause
   'InProgress/PhaseSucceeded': [...IN_PROGRESS.filter((p) => p !== 'InProgress/PhaseSucceeded'), 'Succeeded/Approved', 'PartiallySucceeded/PhasePartiallySucceeded'],
   // an abort: running tasks are cancelled, alwaysRun steps still run, then it ends

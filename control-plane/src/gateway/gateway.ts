@@ -81,7 +81,7 @@ export class Session implements DispatchTarget {
   }
 
   get accepting(): boolean {
-    return !this.closed && !this.draining && this.hello !== null;
+    return !this.closed && !this.draining && !this.probation && this.hello !== null;
   }
 
   send(frame: ServerFrame): boolean {

@@ -3,7 +3,7 @@ import { FerryError, TERMINAL_EXECUTION } from '@ferry/shared';
 import { principal, type PluginOpts } from './app.js';
 import { requireRole } from './auth.js';
 import { actingAccount, NameSchema } from './common.js';
-import { engineOf, toExecutionDocument, type Engine, type ExecutionCommand, type ExecutionState, type LogQuery, type LogRun } from '../engine/index.js';
+import { engineOf, type Engine, type ExecutionCommand, type ExecutionState, type LogQuery, type LogRun } from '../engine/index.js';
 
 const Id = { type: 'string', minLength: 1, maxLength: 128 } as const;
 const IdParams = { type: 'object', properties: { id: Id }, required: ['id'] } as const;
@@ -188,7 +188,7 @@ async function follow(eng: Engine, req: FastifyRequest, reply: FastifyReply, ini
   req.raw.on('close', cleanup);
 
   await serial(async () => {
-    send('execution', toExecutionDocument(state));
+    send('execution', await eng.document(state)); // with the scheduler's queue reasons
     await flushAll();
   });
   // it may have ended before we subscribed

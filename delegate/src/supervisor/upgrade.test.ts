@@ -177,6 +177,14 @@ describe('supervisor upgrades', () => {
     expect(conns[conns.length - 1]!.hello!.probation).toBeUndefined();
     expect(downloads).toEqual(['1.0.0']);
     expect(await stop(p2)).toBe(0);
+
+    // the current version's files damaged: the built-in worker runs instead (no control plane needed)
+    writeFileSync(join(tmp.dir, 'versions', '1.0.0', 'worker.mjs'), '// damaged\n');
+    const before2 = conns.length;
+    const p3 = start();
+    await waitFor(() => conns.length > before2 && conns[conns.length - 1]!.hello !== null, 20_000, 'hello after restart on a damaged version');
+    expect(conns[conns.length - 1]!.hello).toMatchObject({ version: '0.1.0' });
+    expect(await stop(p3)).toBe(0);
   }, 90_000);
 
   it('rolls back to a version on disk without downloading it, and keeps the last three versions', async () => {

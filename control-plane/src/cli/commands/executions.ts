@@ -84,7 +84,14 @@ export function renderTree(d: ExecutionDoc): string {
     if (s.liveColor) flags.push(`live ${s.liveColor}`);
     out.push(`  ${s.id.padEnd(w)}  ${s.status.padEnd(18)} ${flags.join('  ')}`.trimEnd());
     if (s.failure && (s.status === 'Failed' || s.status === 'InProgress')) out.push(`  ${' '.repeat(w)}  ${s.failure.step ? `${s.failure.step}: ` : ''}${s.failure.kind}: ${s.failure.message}`);
+    // with --history the steps of every attempt are listed: a line heads each attempt
+    const spans = new Set(s.steps.map((x) => x.attempt).filter((x) => x !== null)).size > 1;
+    let shownAttempt: number | null = null;
     for (const st of s.steps) {
+      if (spans && st.attempt !== null && st.attempt !== shownAttempt) {
+        shownAttempt = st.attempt;
+        out.push(`    attempt ${st.attempt} ${pair(s.attempts.find((x) => x.attempt === st.attempt))}`);
+      }
       const name = `${st.id}${st.phase !== null ? ` @${st.phase}` : ''}`;
       const detail = stepDetail(st);
       out.push(`    ${name.padEnd(sw)}  ${(st.status + (st.rollback ? ' (rollback)' : '')).padEnd(16)} ${detail}`.trimEnd());
