@@ -68,7 +68,7 @@ export async function startStack(): Promise<{ server: FerryServer; delegate: Fer
     url: server.url, token: await createDelegateToken(server), capacity: 4,
     env: { FERRY_RECONNECT_BASE: '100ms', FERRY_RECONNECT_MAX: '1s', FERRY_KILL_GRACE: '2s' },
   });
-  await waitForDelegates(server, { count: 1 });
+  await waitForDelegates(server, { count: 1, timeout: 60_000 }); // a loaded machine starts slowly
   return { server, delegate };
 }
 

@@ -70,7 +70,8 @@ describeWithPrometheus('verification against Prometheus', () => {
   });
 
   /** A canary stage whose one metric matches no series at all. */
-  const noDataPipeline = (name: string, failOnNoData: boolean) => `
+  const GHOST = 'sum(rate(ferry_no_such_metric_total{role="$role"}[5s]))';
+  const noDataPipeline = (name: string, failOnNoData: boolean, query = GHOST) => `
 pipeline: ${name}
 environments:
   staging:
@@ -90,7 +91,7 @@ stages:
               ${failOnNoData ? `source: { type: prometheus, url: "\${FERRY_VAR_PROM}" }` : ''}
               metrics:
                 - name: ghost
-                  query: 'sum(rate(ferry_no_such_metric_total{role="$role"}[5s]))'
+                  query: '${query}'
                   direction: increase
               duration: 3s
               interval: 1s
@@ -100,15 +101,17 @@ stages:
       - { id: deploy, type: shell, script: 'echo "weight $FERRY_CANARY_WEIGHT"' }
 ${failOnNoData ? `variables:\n  prom: { type: string, default: "http://127.0.0.1:1" }\n` : ''}`;
 
-  it('no data: passes without failOnNoData (verdict NoData), fails the gate with it', async () => {
+  it('no data: passes without failOnNoData (verdict NoData), fails the gate with it; a refused query fails either way', async () => {
     // the lenient one reads a source with a bearer token: a secret, never stored in clear
     const token = 'prom-Bearer-t0ken-4711';
     (await server.cli(['secret', 'set', 'PROM_TOKEN'], { input: `${token}\n` })).ok();
     await applyPipeline(server, noDataPipeline('ghost-lenient', false));
     await applyPipeline(server, noDataPipeline('ghost-strict', true));
-    const [lenientId, strictId] = await Promise.all([
+    await applyPipeline(server, noDataPipeline('ghost-typo', false, GHOST.slice(0, -1))); // unbalanced parenthesis
+    const [lenientId, strictId, typoId] = await Promise.all([
       runJson('ghost-lenient', 'g1'),
       runJson('ghost-strict', 'g1', { prom: prom.url }),
+      runJson('ghost-typo', 'g1'),
     ]);
 
     const lenient = await ended(lenientId);
@@ -145,6 +148,15 @@ ${failOnNoData ? `variables:\n  prom: { type: string, default: "http://127.0.0.1
     expect(sv.verification!.metrics[0]).toMatchObject({ name: 'ghost', classification: 'NoData', failed: true });
     expect(sv.verification!.metrics[0]!.reason).toMatch(/counted as failed \(failOnNoData\)/);
     expect(stage.steps.filter((s) => s.id === 'deploy').map((s) => [s.phase, s.status])).toEqual([[0, 'Succeeded'], [1, 'Skipped']]);
+
+    // a query Prometheus refuses is no "no data": the verification fails, failOnNoData or not
+    const typo = await ended(typoId);
+    expect(typo.status).toBe('Failed');
+    const tv = typo.stages[0]!.steps.find((s) => s.id === 'verify')!;
+    expect(tv.error?.kind).toBe('Verification');
+    expect(tv.verification!.verdict).toBe('Unhealthy');
+    expect(tv.verification!.metrics[0]).toMatchObject({ name: 'ghost', failed: true });
+    expect(tv.verification!.metrics[0]!.reason).toMatch(/^the query failed \(baseline: prometheus: bad_data: .*parse error/);
   });
 
   it('blue/green: a failed verification swaps back to the live colour without redeploying', async () => {

@@ -577,14 +577,15 @@ stages:${deployStage('sc-latest', 'deploy', `    steps:
   });
 
   describe('resume', () => {
-    const yaml = `pipeline: sc-resume
+    // one pipeline (so one set of mappings) per test: the two run at once
+    const yaml = (name: string) => `pipeline: ${name}
 variables:
   fail-at: { type: string, default: none }
 stages:
   - id: build
     type: custom
     steps: [ { id: compile, type: shell, script: 'echo "build attempt $FERRY_ATTEMPT"' } ]
-${deployStage('sc-resume', 'dev', `    steps:
+${deployStage(name, 'dev', `    steps:
       - id: mark
         type: shell
         script: |
@@ -595,19 +596,17 @@ ${deployStage('sc-resume', 'dev', `    steps:
         script: |
           if [ "$FERRY_VAR_FAIL_AT" = dev ] && [ "$FERRY_ATTEMPT" = 1 ]; then echo "migration failed"; exit 2; fi
           echo migrated`)}
-${deployStage('sc-resume', 'prod', `    steps:
+${deployStage(name, 'prod', `    steps:
       - id: show
         type: shell
         script: |
           echo "stamp=\${FERRY_OUT_MARK_STAMP:-none} attempt=$FERRY_ATTEMPT"
           if [ "$FERRY_VAR_FAIL_AT" = prod ] && [ "$FERRY_ATTEMPT" = 1 ]; then exit 3; fi`, 'prod')}
 `;
-    let applied: Promise<number> | null = null;
-    const ready = () => (applied ??= c.apply(yaml));
 
     it('from the failed stage: earlier stages are not run again, a new attempt, no stale outputs, history keeps every attempt', async () => {
-      await ready();
-      const run = await c.run('sc-resume', { artifact: 'r1', inputs: { 'fail-at': 'dev' } });
+      await c.apply(yaml('sc-resume-a'));
+      const run = await c.run('sc-resume-a', { artifact: 'r1', inputs: { 'fail-at': 'dev' } });
       const failed = await c.ended(run.id, 'Failed');
       expectPairs(failed, null, 'dev', [QFA, PIP, IQFA, PIP, 'Failed/PhaseFailed']);
       expect(stage(failed, 'prod')).toMatchObject({ status: 'NotStarted', attempts: [] });
@@ -643,8 +642,8 @@ ${deployStage('sc-resume', 'prod', `    steps:
     });
 
     it('from an earlier stage than the failed one: that stage and every later one get a new attempt', async () => {
-      await ready();
-      const run = await c.run('sc-resume', { artifact: 'r2', inputs: { 'fail-at': 'prod' } });
+      await c.apply(yaml('sc-resume-b'));
+      const run = await c.run('sc-resume-b', { artifact: 'r2', inputs: { 'fail-at': 'prod' } });
       const failed = await c.ended(run.id, 'Failed');
       expect(await c.log(run.id, 'prod', 'show')).toBe('stamp=from-attempt-1 attempt=1\n');
       expectPairs(failed, null, 'prod', [QFA, PIP, 'Failed/PhaseFailed']);
@@ -659,8 +658,8 @@ ${deployStage('sc-resume', 'prod', `    steps:
       // inputs, artifact and pipeline version are the execution's own
       expect(d).toMatchObject({ artifact: 'r2', inputs: { 'fail-at': 'prod' }, pipelineVersion: run.pipelineVersion });
       // listings show each execution once, with its latest state
-      const list = (await c.api<Array<{ id: string; status: string }>>('GET', 'executions?pipeline=sc-resume')).body;
-      expect(list.filter((e) => e.id === run.id)).toEqual([expect.objectContaining({ status: 'Succeeded' })]);
+      const list = (await c.api<Array<{ id: string; status: string }>>('GET', 'executions?pipeline=sc-resume-b')).body;
+      expect(list).toEqual([expect.objectContaining({ id: run.id, status: 'Succeeded' })]);
     });
   });
 

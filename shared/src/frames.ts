@@ -61,7 +61,13 @@ export const VerifyMetricQuery = Type.Object({
 
 export const VerifySpec = Type.Object({
   kind: Type.Literal('verify'),
-  source: Type.Object({ type: Type.Literal('prometheus'), url: Str(8192), bearerToken: Type.Optional(Str(8192)) }),
+  source: Type.Object({
+    type: Type.Literal('prometheus'),
+    url: Str(8192),
+    bearerToken: Type.Optional(Str(8192)),
+    /** name of a secret in the assignment's `secrets` holding the bearer token */
+    bearerTokenSecret: Type.Optional(Str(256)),
+  }),
   metrics: Type.Array(VerifyMetricQuery, { maxItems: 200 }),
   roles: Type.Array(Str(64), { maxItems: 8 }),
   durationMs: Count,

@@ -892,10 +892,10 @@ class Machine {
         // ${FERRY_VAR_X} in the url and queries, as in an http step; `$role` is the delegate's.
         // The bearer token travels as a secret of this task (TaskRequest.secretNames), never in
         // the stored spec: the spec names it (bearerTokenSecret) for the delegate to look up in
-        // the assignment's secrets (not yet in @ferry/shared's VerifySpec type, hence the cast).
+        // the assignment's secrets.
         const named = v.source.bearerTokenSecret ? { bearerTokenSecret: v.source.bearerTokenSecret } : {};
         return {
-          kind: 'verify', source: { type: 'prometheus', url: expand(v.source.url), ...named } as { type: 'prometheus'; url: string },
+          kind: 'verify', source: { type: 'prometheus', url: expand(v.source.url), ...named },
           metrics: v.metrics.map((m) => ({ name: m.name, query: expand(m.query) })),
           roles: ['baseline', 'canary'], durationMs: v.durationMs, intervalMs: v.intervalMs,
         };

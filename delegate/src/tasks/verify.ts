@@ -61,7 +61,9 @@ export function createVerifyHandler(): TaskHandler<VerifySpec> {
     const start = Math.min(ctx.startedAt / 1000, end);
     const roles = spec.roles.length > 0 ? spec.roles : [''];
     const headers: Record<string, string> = { accept: 'application/json' };
-    if (spec.source.bearerToken) headers.authorization = `Bearer ${spec.source.bearerToken}`;
+    const bearer = spec.source.bearerToken ?? (spec.source.bearerTokenSecret ? ctx.assign.secrets[spec.source.bearerTokenSecret] : undefined);
+    if (spec.source.bearerTokenSecret && !bearer) log.line(2, `secret ${spec.source.bearerTokenSecret} was not sent with the task; querying without a token`);
+    if (bearer) headers.authorization = `Bearer ${bearer}`;
 
     const metrics: MetricSeries[] = [];
     let unreachable: string | undefined;
@@ -91,6 +93,7 @@ export function createVerifyHandler(): TaskHandler<VerifySpec> {
           entry.error = e.message.slice(0, 1000);
         }
         metrics.push(entry);
+        if (entry.series > 1) log.line(2, `${m.name}${role ? ` [${role}]` : ''}: the query returned ${entry.series} series; only the first is judged (aggregate the query, e.g. with sum())`);
         log.line(entry.error ? 1 : 0, `${m.name}${role ? ` [${role}]` : ''}: ${entry.points.length} point(s)${entry.nulls ? `, ${entry.nulls} not a number` : ''}${entry.error ? `; error: ${entry.error}` : ''}`);
         if (unreachable) break;
       }
