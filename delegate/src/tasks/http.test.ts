@@ -168,6 +168,19 @@ describe('http, noop and verify handlers', () => {
     expect(q[0]!.get('step')).toBe('15');
   });
 
+  it('verify: a bearer token named as a secret reaches Prometheus and never the log', async () => {
+    requests.length = 0;
+    const { result, lines } = await run({
+      kind: 'verify', source: { type: 'prometheus', url: base, bearerTokenSecret: 'PROM_TOKEN' },
+      metrics: [{ name: 'error-rate', query: 'rate(x{role="$role"}[1m])' }], roles: ['canary'], durationMs: 0, intervalMs: 1000,
+    }, { secrets: { PROM_TOKEN: 'prom-s3cret-token' } });
+    expect(result.status).toBe('Succeeded');
+    const q = requests.filter((r) => r.url.startsWith('/api/v1/query_range'));
+    expect(q.length).toBe(1);
+    expect(q[0]!.auth).toBe('Bearer prom-s3cret-token');
+    expect(lines.join('\n')).not.toContain('prom-s3cret-token');
+  });
+
   it('verify: Prometheus unreachable fails with Verification', async () => {
     const { result } = await run({
       kind: 'verify', source: { type: 'prometheus', url: 'http://127.0.0.1:1' },
