@@ -130,8 +130,18 @@ export class Session implements DispatchTarget {
     });
   }
 
-  idle(): Promise<void> {
-    return this.chain;
+  private inflight = new Set<Promise<void>>();
+
+  /** Keeps at most 64 uncommitted log writes per session; past that the session waits. */
+  async track(p: Promise<void>): Promise<void> {
+    this.inflight.add(p);
+    void p.finally(() => this.inflight.delete(p));
+    if (this.inflight.size >= 64) await Promise.race(this.inflight);
+  }
+
+  async idle(): Promise<void> {
+    await this.chain;
+    await Promise.all(this.inflight);
   }
 
   private helloSeen = false;
@@ -175,18 +185,25 @@ export class Gateway extends EventEmitter {
           s.send({ type: 'log.ack', taskId: f.taskId, attempt: f.attempt, seq: f.seq, done: true });
           return;
         }
-        const seq = await deps.logs.submitChunk(s.delegateId, f);
-        if (seq >= 0) s.send({ type: 'log.ack', taskId: f.taskId, attempt: f.attempt, seq });
+        // Chunks are pipelined into the log store's group commit (it keeps their order) and
+        // acknowledged when their commit returns; a session waits only when too many of its
+        // chunks are still uncommitted (backpressure).
+        const p = deps.logs.submitChunk(s.delegateId, f).then((seq) => {
+          if (seq >= 0) s.send({ type: 'log.ack', taskId: f.taskId, attempt: f.attempt, seq });
+        }, (err) => s.log.error({ err, taskId: f.taskId }, 'log chunk not stored; the delegate will resend it'));
+        await s.track(p);
       },
       'task.result': async (s, f) => {
         if (!deps.scheduler.holds(s.delegateId, f.taskId)) {
           s.send({ type: 'log.ack', taskId: f.taskId, attempt: f.attempt, seq: f.seq, done: true });
           return;
         }
-        await deps.logs.submitResult(s.delegateId, f);
         // Stored, or refused because the server already ended the task: either way the
         // delegate may forget it.
-        s.send({ type: 'log.ack', taskId: f.taskId, attempt: f.attempt, seq: f.seq, done: true });
+        const p = deps.logs.submitResult(s.delegateId, f).then(() => {
+          s.send({ type: 'log.ack', taskId: f.taskId, attempt: f.attempt, seq: f.seq, done: true });
+        }, (err) => s.log.error({ err, taskId: f.taskId }, 'result not stored; the delegate will resend it'));
+        await s.track(p);
       },
       'upgrade.status': async (s, f) => {
         await setUpgradeState(deps.store.db, s.delegateId, { version: f.version, state: f.state, error: f.error ?? null },

@@ -17,6 +17,7 @@ import { readSecrets } from '../store/secrets.js';
 import type { LogStore, ResultApplier } from '../logs/log-store.js';
 import { claimTasks } from './claim.js';
 import type { Bus } from '../store/bus.js';
+import { GroupCommit } from '../store/group-commit.js';
 import type { DispatchTarget, QueueInfo, TaskInput, TaskListener, TaskOutcome } from './types.js';
 
 export interface SchedulerOptions {
@@ -48,8 +49,8 @@ export class Scheduler implements ResultApplier {
   private passAgain = false;
   private sweepTimer: NodeJS.Timeout | null = null;
   private stopped = false;
-  private readonly queuedAtMemo = new Map<string, number>();
   private bus: Bus | null = null;
+  private readonly writes: GroupCommit;
   private announced = false;
 
   constructor(
@@ -62,6 +63,7 @@ export class Scheduler implements ResultApplier {
     private readonly opts: SchedulerOptions,
   ) {
     logs.setResultApplier(this);
+    this.writes = new GroupCommit(store);
   }
 
   setListener(l: TaskListener): void {
@@ -182,35 +184,50 @@ export class Scheduler implements ResultApplier {
     }
     if (total === 0) return;
     const accounts = [...new Set([...free.keys()].map((id) => this.targets.get(id)!.accountId))];
-    const rows = (await this.store.db.selectFrom('tasks')
-      .select(['id', 'account_id', 'selectors', 'capabilities', 'queued_at'])
-      .where('status', '=', 'queued').where('account_id', 'in', accounts)
-      .orderBy('priority', 'desc').orderBy('queue_seq')
-      .limit(Math.min(5000, total * 4)).execute()) as QueuedRow[];
-    if (rows.length === 0) return;
 
-    // Pick in memory: FIFO per account, least-loaded eligible delegate first.
+    // Pick in memory: FIFO per account, least-loaded eligible delegate first. The queue is
+    // read page by page in queue order, so tasks no connected delegate can take (selectors,
+    // capabilities) never hide eligible ones behind them.
     const plan = new Map<string, string[]>();
-    for (const r of rows) {
-      const selectors = fromJson<string[]>(r.selectors, []);
-      const caps = fromJson<string[]>(r.capabilities, []);
-      const refused = this.refusedBy.get(r.id);
-      let best: DispatchTarget | null = null;
-      let bestFree = 0;
-      for (const [id, f] of free) {
-        if (f <= 0) continue;
-        const t = this.targets.get(id)!;
-        if (t.accountId !== r.account_id || refused?.has(id)) continue;
-        if (!selectors.every((s) => t.tags.has(s)) || !caps.every((c) => t.capabilities.has(c))) continue;
-        const ratio = f / t.capacity;
-        if (!best || ratio > bestFree) { best = t; bestFree = ratio; }
+    const PAGE = 1000;
+    const MAX_SCAN = 50_000;
+    let scanned = 0;
+    let after: { priority: number; seq: number } | null = null;
+    while (total > 0 && scanned < MAX_SCAN) {
+      let q = this.store.db.selectFrom('tasks')
+        .select(['id', 'account_id', 'selectors', 'capabilities', 'queued_at', 'priority', 'queue_seq'])
+        .where('status', '=', 'queued').where('account_id', 'in', accounts);
+      if (after) {
+        const a = after;
+        q = q.where((eb) => eb.or([eb('priority', '<', a.priority), eb.and([eb('priority', '=', a.priority), eb('queue_seq', '>', a.seq)])]));
       }
-      if (!best) continue;
-      free.set(best.delegateId, free.get(best.delegateId)! - 1);
-      const list = plan.get(best.delegateId) ?? [];
-      list.push(r.id);
-      plan.set(best.delegateId, list);
-      this.queuedAtMemo.set(r.id, Number(r.queued_at));
+      const rows = await q.orderBy('priority', 'desc').orderBy('queue_seq').limit(PAGE).execute();
+      scanned += rows.length;
+      for (const r of rows as Array<QueuedRow & { priority: number; queue_seq: number }>) {
+        if (total <= 0) break;
+        const selectors = fromJson<string[]>(r.selectors, []);
+        const caps = fromJson<string[]>(r.capabilities, []);
+        const refused = this.refusedBy.get(r.id);
+        let best: DispatchTarget | null = null;
+        let bestFree = 0;
+        for (const [id, f] of free) {
+          if (f <= 0) continue;
+          const t = this.targets.get(id)!;
+          if (t.accountId !== r.account_id || refused?.has(id)) continue;
+          if (!selectors.every((x) => t.tags.has(x)) || !caps.every((c) => t.capabilities.has(c))) continue;
+          const ratio = f / t.capacity;
+          if (!best || ratio > bestFree) { best = t; bestFree = ratio; }
+        }
+        if (!best) continue;
+        free.set(best.delegateId, free.get(best.delegateId)! - 1);
+        total--;
+        const list = plan.get(best.delegateId) ?? [];
+        list.push(r.id);
+        plan.set(best.delegateId, list);
+      }
+      if (rows.length < PAGE) break;
+      const last = rows[rows.length - 1]!;
+      after = { priority: Number(last.priority), seq: Number(last.queue_seq) };
     }
     if (plan.size === 0) return;
 
@@ -331,9 +348,10 @@ export class Scheduler implements ResultApplier {
 
   async onAccept(delegateId: string, delegateName: string, taskId: string, attempt: number): Promise<void> {
     const now = this.clock.now();
-    const r = await this.store.db.updateTable('tasks').set({ status: 'running', started_at: now, lease_expires_at: null })
+    // Accepts of many tasks share one commit.
+    const r = await this.writes.run((trx) => trx.updateTable('tasks').set({ status: 'running', started_at: now, lease_expires_at: null })
       .where('id', '=', taskId).where('delegate_id', '=', delegateId).where('attempt', '=', attempt).where('status', '=', 'assigned')
-      .returning(['execution_id']).executeTakeFirst();
+      .returning(['execution_id']).executeTakeFirst());
     if (r) this.listener?.onTaskStarted({ taskId, executionId: r.execution_id, delegateId, delegateName, at: now });
   }
 
@@ -505,8 +523,8 @@ export class Scheduler implements ResultApplier {
     const slots = capable.reduce((s, d) => s + d.capacity, 0);
     let used = 0;
     for (const d of capable) used += this.inFlight.get(d.id)?.size ?? 0;
-    if (used >= slots || position > 1) return { reason: `all ${capable.length} eligible delegates are busy (${Math.min(used, slots)}/${slots} slots in use)`, position };
-    return { reason: 'waiting for dispatch', position };
+    if (used >= slots) return { reason: `all ${capable.length} eligible delegates are busy (${Math.min(used, slots)}/${slots} slots in use)`, position };
+    return { reason: `waiting for dispatch (${position - 1} task(s) ahead in the account's queue)`, position };
   }
 
   /**
