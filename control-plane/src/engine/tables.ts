@@ -8,6 +8,7 @@
  * migrating (and databases from before 0004).
  */
 import { sql, type Kysely } from 'kysely';
+import { up as createEngineSlots } from '../store/migrations/0004-engine-slots.js';
 import type { DB, Executor, Store } from '../store/db.js';
 
 export interface EngineSlotsTable {
@@ -33,20 +34,9 @@ export function engineDb(db: Executor): Kysely<EngineDB> {
   return (db as Kysely<DB>).withTables<EngineTables>();
 }
 
+/** The table itself is created by migration 0004; this stays as a guard for callers that build a store by hand. */
 export async function up(db: Kysely<any>): Promise<void> {
-  await db.schema.createTable('engine_slots').ifNotExists()
-    .addColumn('account_id', 'text', (c) => c.notNull())
-    .addColumn('key', 'text', (c) => c.notNull())
-    .addColumn('execution_id', 'text', (c) => c.notNull())
-    .addColumn('stage_id', 'text', (c) => c.notNull())
-    .addColumn('state', 'text', (c) => c.notNull())
-    .addColumn('capacity', 'integer', (c) => c.notNull())
-    .addColumn('deploy_latest_only', 'integer', (c) => c.notNull().defaultTo(0))
-    .addColumn('seq', 'bigint', (c) => c.notNull())
-    .addColumn('requested_at', 'bigint', (c) => c.notNull())
-    .addPrimaryKeyConstraint('engine_slots_pk', ['execution_id', 'key'])
-    .execute();
-  await db.schema.createIndex('engine_slots_key').ifNotExists().on('engine_slots').columns(['account_id', 'key', 'seq']).execute();
+  await createEngineSlots(db, 'sqlite');
 }
 
 export async function ensureEngineTables(store: Store): Promise<void> {
