@@ -131,6 +131,8 @@ export class Session implements DispatchTarget {
   }
 
   private inflight = new Set<Promise<void>>();
+  /** accepts not yet committed, by task id */
+  readonly accepts = new Map<string, Promise<void>>();
 
   /** Keeps at most 64 uncommitted log writes per session; past that the session waits. */
   async track(p: Promise<void>): Promise<void> {
@@ -175,7 +177,13 @@ export class Gateway extends EventEmitter {
         s.running = f.running.length;
       },
       'task.accept': async (s, f) => {
-        await deps.scheduler.onAccept(s.delegateId, s.name, f.taskId, f.attempt);
+        // Accepts are pipelined too (they share group commits); the task's result waits
+        // for its accept so that "started" is always recorded before "finished".
+        const p = deps.scheduler.onAccept(s.delegateId, s.name, f.taskId, f.attempt)
+          .catch((err) => s.log.error({ err, taskId: f.taskId }, 'accept not recorded'))
+          .finally(() => { if (s.accepts.get(f.taskId) === p) s.accepts.delete(f.taskId); });
+        s.accepts.set(f.taskId, p);
+        await s.track(p);
       },
       'task.reject': async (s, f) => {
         await deps.scheduler.onReject(s.delegateId, f.taskId, f.attempt, `${f.reason}: ${f.message}`);
@@ -200,7 +208,8 @@ export class Gateway extends EventEmitter {
         }
         // Stored, or refused because the server already ended the task: either way the
         // delegate may forget it.
-        const p = deps.logs.submitResult(s.delegateId, f).then(() => {
+        const accepted = s.accepts.get(f.taskId) ?? Promise.resolve();
+        const p = accepted.then(() => deps.logs.submitResult(s.delegateId, f)).then(() => {
           s.send({ type: 'log.ack', taskId: f.taskId, attempt: f.attempt, seq: f.seq, done: true });
         }, (err) => s.log.error({ err, taskId: f.taskId }, 'result not stored; the delegate will resend it'));
         await s.track(p);

@@ -133,7 +133,8 @@ export class Scheduler implements ResultApplier {
 
   /** Enqueue in a transaction of its own and dispatch at once (benchmarks, simple callers). */
   async submit(t: TaskInput): Promise<void> {
-    await this.store.db.transaction().execute((trx) => this.enqueue(trx, t));
+    // Concurrent submissions share one commit.
+    await this.writes.run((trx) => this.enqueue(trx, t));
     this.wake();
   }
 
@@ -189,11 +190,15 @@ export class Scheduler implements ResultApplier {
     // read page by page in queue order, so tasks no connected delegate can take (selectors,
     // capabilities) never hide eligible ones behind them.
     const plan = new Map<string, string[]>();
-    const PAGE = 1000;
     const MAX_SCAN = 50_000;
+    // The first page is sized to the free slots (most passes fill them from it); later
+    // pages, needed only when the head of the queue is ineligible, are larger.
+    let page = Math.min(1000, total * 4 + 16);
     let scanned = 0;
     let after: { priority: number; seq: number } | null = null;
     while (total > 0 && scanned < MAX_SCAN) {
+      const PAGE = page;
+      page = 1000;
       let q = this.store.db.selectFrom('tasks')
         .select(['id', 'account_id', 'selectors', 'capabilities', 'queued_at', 'priority', 'queue_seq'])
         .where('status', '=', 'queued').where('account_id', 'in', accounts);
