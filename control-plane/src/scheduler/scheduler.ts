@@ -95,9 +95,15 @@ export class Scheduler implements ResultApplier {
   // ---- queueing -----------------------------------------------------------------------
 
   /** Inserts a queued task inside the caller's transaction. Call wake() after the commit. */
-  async enqueue(trx: Executor, t: TaskInput): Promise<void> {
+  async enqueue(trx: Executor, t: TaskInput, direct?: DispatchTarget): Promise<void> {
     const now = this.clock.now();
     const seq = await nextSequence(trx, 'task_queue');
+    if (direct) {
+      // Direct dispatch (submit only): nothing of the account waits ahead, so the task is
+      // written already assigned — one commit from submit to task.assign instead of two.
+      const ahead = await trx.selectFrom('tasks').select('id').where('status', '=', 'queued').where('account_id', '=', t.accountId).limit(1).executeTakeFirst();
+      if (ahead) direct = undefined;
+    }
     await trx.insertInto('tasks').values({
       id: t.id,
       account_id: t.accountId,
@@ -109,14 +115,14 @@ export class Scheduler implements ResultApplier {
       selectors: toJson(t.selectors),
       capabilities: toJson(t.capabilities ?? [t.kind]),
       priority: t.priority ?? 0,
-      status: 'queued',
+      status: direct ? 'assigned' : 'queued',
       attempt: 1,
-      delegate_id: null,
-      delegate_version: null,
-      lease_expires_at: null,
+      delegate_id: direct?.delegateId ?? null,
+      delegate_version: direct?.version ?? null,
+      lease_expires_at: direct ? now + this.opts.leaseMs : null,
       queued_at: now,
       queue_seq: seq,
-      assigned_at: null,
+      assigned_at: direct ? now : null,
       started_at: null,
       finished_at: null,
       timeout_ms: t.timeoutMs ?? null,
@@ -133,9 +139,41 @@ export class Scheduler implements ResultApplier {
 
   /** Enqueue in a transaction of its own and dispatch at once (benchmarks, simple callers). */
   async submit(t: TaskInput): Promise<void> {
-    // Concurrent submissions share one commit.
-    await this.writes.run((trx) => this.enqueue(trx, t));
-    this.wake();
+    // An eligible delegate with a free slot takes the task straight away (its slot is
+    // reserved before the commit); otherwise it waits in the queue. Concurrent submissions
+    // share one commit.
+    const target = this.pickDirect(t);
+    if (target) this.inFlight.get(target.delegateId)!.add(t.id);
+    let assigned = false;
+    try {
+      await this.writes.run(async (trx) => {
+        await this.enqueue(trx, t, target);
+        if (target) assigned = (await trx.selectFrom('tasks').select('status').where('id', '=', t.id).executeTakeFirst())?.status === 'assigned';
+      });
+    } finally {
+      if (target && !assigned) this.inFlight.get(target.delegateId)?.delete(t.id);
+    }
+    if (target && assigned) {
+      if (this.targets.get(target.delegateId) === target) await this.sendAssignments(target, [t.id], this.clock.now());
+      // else: the session closed meanwhile; the lease runs out and the task is queued again
+    } else {
+      this.wake();
+    }
+  }
+
+  private pickDirect(t: TaskInput): DispatchTarget | undefined {
+    const caps = t.capabilities ?? [t.kind];
+    let best: DispatchTarget | undefined;
+    let bestRatio = 0;
+    for (const d of this.targets.values()) {
+      if (d.accountId !== t.accountId) continue;
+      const f = this.free(d);
+      if (f <= 0 || !this.inFlight.has(d.delegateId)) continue;
+      if (!t.selectors.every((x) => d.tags.has(x)) || !caps.every((c) => d.capabilities.has(c))) continue;
+      const ratio = f / d.capacity;
+      if (ratio > bestRatio) { best = d; bestRatio = ratio; }
+    }
+    return best;
   }
 
   /**
