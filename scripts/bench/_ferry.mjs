@@ -231,8 +231,19 @@ export function openServerDb(srv) {
 export async function submitMany(srv, n, body, concurrency = 64, deadline = Date.now() + 300_000, { partial = false } = {}) {
   const ids = [];
   let next = 0;
+  // BENCH_BATCH > 1 submits through POST /api/v1/tasks/batch (that many tasks per request,
+  // one commit each); 1 posts tasks one by one.
+  const batch = Number(process.env.BENCH_BATCH ?? 100);
   const worker = async () => {
     while (next < n && Date.now() < deadline) {
+      if (batch > 1) {
+        const from = next;
+        const count = Math.min(batch, n - from);
+        next += count;
+        const tasks = Array.from({ length: count }, (_, k) => body(from + k));
+        ids.push(...(await srv.call('POST', '/api/v1/tasks/batch', { tasks })).ids);
+        continue;
+      }
       const i = next++;
       ids.push((await srv.call('POST', '/api/v1/tasks', body(i))).id);
     }

@@ -23,7 +23,7 @@ const N_MAX = Number(process.env.BENCH_THROUGHPUT_N ?? 10_000);
 const SUBMIT_MS = Number(process.env.BENCH_THROUGHPUT_SUBMIT_MS ?? 60_000);
 const DELEGATES = Number(process.env.BENCH_THROUGHPUT_DELEGATES_N ?? 4);
 const CAPACITY = Number(process.env.BENCH_THROUGHPUT_CAPACITY ?? 16);
-const CONCURRENCY = Number(process.env.BENCH_THROUGHPUT_POSTS ?? 64);
+const CONCURRENCY = Number(process.env.BENCH_THROUGHPUT_POSTS ?? 4);
 const MODE = process.env.BENCH_THROUGHPUT_DELEGATES ?? 'real';
 const WAIT_MS = Number(process.env.BENCH_THROUGHPUT_WAIT_MS ?? 120_000);
 

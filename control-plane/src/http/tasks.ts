@@ -7,6 +7,7 @@ import { FerryError, newId, parseDuration, type TaskSpec } from '@ferry/shared';
 import { principal, type PluginOpts } from './app.js';
 import { requireRole } from './auth.js';
 import { actingAccount, NameSchema } from './common.js';
+import type { TaskInput } from '../scheduler/types.js';
 import { fromJson } from '../store/db.js';
 
 interface SubmitBody {
@@ -20,7 +21,51 @@ interface SubmitBody {
   account?: string;
 }
 
+const SubmitSchema = {
+  type: 'object', additionalProperties: false, required: ['spec'],
+  properties: {
+    spec: { type: 'object', required: ['kind'], properties: { kind: { type: 'string', enum: ['shell', 'http', 'noop', 'verify'] } } },
+    selectors: { type: 'array', items: { type: 'string', maxLength: 128 }, maxItems: 64 },
+    env: { type: 'object', additionalProperties: { type: 'string' } },
+    secrets: { type: 'array', items: { type: 'string', maxLength: 100 }, maxItems: 64 },
+    timeout: { anyOf: [{ type: 'string' }, { type: 'integer' }] },
+    queueTimeout: { anyOf: [{ type: 'string' }, { type: 'integer' }] },
+    priority: { type: 'integer' },
+    account: NameSchema,
+  },
+} as const;
+
+const { account: _account, ...ITEM_PROPERTIES } = SubmitSchema.properties;
+
+function toInput(b: SubmitBody, accountId: string, field = ''): TaskInput {
+  const timeoutMs = b.timeout === undefined ? null : parseDuration(b.timeout);
+  const queueTimeoutMs = b.queueTimeout === undefined ? undefined : parseDuration(b.queueTimeout);
+  if (timeoutMs === undefined) throw new FerryError('VALIDATION_FAILED', `${field}timeout is not a duration`, { field: `${field}timeout` });
+  if (b.queueTimeout !== undefined && queueTimeoutMs === undefined) throw new FerryError('VALIDATION_FAILED', `${field}queueTimeout is not a duration`, { field: `${field}queueTimeout` });
+  return {
+    id: newId(), accountId, executionId: null, kind: b.spec.kind, spec: b.spec, env: b.env ?? {}, secretNames: b.secrets ?? [],
+    selectors: b.selectors ?? [], priority: b.priority ?? 0, timeoutMs, ...(queueTimeoutMs !== undefined ? { queueTimeoutMs } : {}),
+  };
+}
+
 export const taskRoutes: FastifyPluginAsync<PluginOpts> = async (app, { ctx }) => {
+  app.post<{ Body: { tasks: SubmitBody[]; account?: string } }>('/tasks/batch', {
+    schema: {
+      summary: 'Queue many raw tasks in one commit, in order',
+      body: {
+        type: 'object', additionalProperties: false, required: ['tasks'],
+        properties: { tasks: { type: 'array', minItems: 1, maxItems: 1000, items: { ...SubmitSchema, properties: ITEM_PROPERTIES } }, account: NameSchema },
+      },
+    },
+  }, async (req, reply) => {
+    const p = principal(req);
+    requireRole(p, 'admin');
+    const acc = await actingAccount(ctx, p, req.body.account);
+    const inputs = req.body.tasks.map((b, i) => toInput(b, acc.id, `tasks/${i}/`));
+    await ctx.scheduler.submitMany(inputs);
+    return reply.code(201).send({ ids: inputs.map((t) => t.id) });
+  });
+
   app.post<{ Body: SubmitBody }>('/tasks', {
     schema: {
       summary: 'Queue a raw delegate task (diagnostics, benchmarks)',
@@ -42,16 +87,9 @@ export const taskRoutes: FastifyPluginAsync<PluginOpts> = async (app, { ctx }) =
     const p = principal(req);
     requireRole(p, 'admin');
     const acc = await actingAccount(ctx, p, req.body.account);
-    const b = req.body;
-    const timeoutMs = b.timeout === undefined ? null : parseDuration(b.timeout);
-    const queueTimeoutMs = b.queueTimeout === undefined ? undefined : parseDuration(b.queueTimeout);
-    if (timeoutMs === undefined) throw new FerryError('VALIDATION_FAILED', 'timeout is not a duration', { field: 'timeout' });
-    if (b.queueTimeout !== undefined && queueTimeoutMs === undefined) throw new FerryError('VALIDATION_FAILED', 'queueTimeout is not a duration', { field: 'queueTimeout' });
-    const id = newId();
-    await ctx.scheduler.submit({
-      id, accountId: acc.id, executionId: null, kind: b.spec.kind, spec: b.spec, env: b.env ?? {}, secretNames: b.secrets ?? [],
-      selectors: b.selectors ?? [], priority: b.priority ?? 0, timeoutMs, ...(queueTimeoutMs !== undefined ? { queueTimeoutMs } : {}),
-    });
+    const input = toInput(req.body, acc.id);
+    await ctx.scheduler.submit(input);
+    const id = input.id;
     return reply.code(201).send({ id });
   });
 

@@ -161,6 +161,14 @@ export class Scheduler implements ResultApplier {
     }
   }
 
+  /** Many tasks in one commit (bulk submission); they wait in the queue in this order. */
+  async submitMany(list: TaskInput[]): Promise<void> {
+    await this.writes.run(async (trx) => {
+      for (const t of list) await this.enqueue(trx, t);
+    });
+    this.wake();
+  }
+
   private pickDirect(t: TaskInput): DispatchTarget | undefined {
     const caps = t.capabilities ?? [t.kind];
     let best: DispatchTarget | undefined;
