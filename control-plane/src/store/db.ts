@@ -41,7 +41,7 @@ export function openStore(url: string): Store {
     sqlite.pragma('synchronous = FULL');
     sqlite.pragma('busy_timeout = 5000');
     sqlite.pragma('foreign_keys = ON');
-    const db = new Kysely<DB>({ dialect: new SqliteDialect({ database: sqlite }) });
+    const db = new Kysely<DB>({ dialect: new SqliteDialect({ database: cachedStatements(sqlite) }) });
     return makeStore(db, 'sqlite', undefined, async () => {
       await db.destroy();
     });
@@ -52,6 +52,33 @@ export function openStore(url: string): Store {
   return makeStore(db, 'postgres', pool, async () => {
     await db.destroy();
   });
+}
+
+/**
+ * Kysely prepares every query anew; on the hot paths (claims, acks, results) preparing
+ * cost about as much as running. Statements are reusable in better-sqlite3 (each call runs
+ * to completion synchronously), so they are cached by their SQL text, a bounded LRU.
+ */
+function cachedStatements(sqlite: SQLite.Database, max = 500): SQLite.Database {
+  const cache = new Map<string, SQLite.Statement>();
+  const wrapper = Object.create(sqlite) as SQLite.Database;
+  wrapper.prepare = ((source: string) => {
+    let stmt = cache.get(source);
+    if (stmt) {
+      cache.delete(source);
+      cache.set(source, stmt);
+      return stmt;
+    }
+    stmt = sqlite.prepare(source);
+    cache.set(source, stmt);
+    if (cache.size > max) cache.delete(cache.keys().next().value!);
+    return stmt;
+  }) as SQLite.Database['prepare'];
+  wrapper.close = () => {
+    cache.clear();
+    return sqlite.close();
+  };
+  return wrapper;
 }
 
 function makeStore(db: Kysely<DB>, dialect: Dialect, pgPool: pg.Pool | undefined, close: () => Promise<void>): Store {
