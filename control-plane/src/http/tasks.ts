@@ -69,19 +69,7 @@ export const taskRoutes: FastifyPluginAsync<PluginOpts> = async (app, { ctx }) =
   app.post<{ Body: SubmitBody }>('/tasks', {
     schema: {
       summary: 'Queue a raw delegate task (diagnostics, benchmarks)',
-      body: {
-        type: 'object', additionalProperties: false, required: ['spec'],
-        properties: {
-          spec: { type: 'object', required: ['kind'], properties: { kind: { type: 'string', enum: ['shell', 'http', 'noop', 'verify'] } } },
-          selectors: { type: 'array', items: { type: 'string', maxLength: 128 }, maxItems: 64 },
-          env: { type: 'object', additionalProperties: { type: 'string' } },
-          secrets: { type: 'array', items: { type: 'string', maxLength: 100 }, maxItems: 64 },
-          timeout: { anyOf: [{ type: 'string' }, { type: 'integer' }] },
-          queueTimeout: { anyOf: [{ type: 'string' }, { type: 'integer' }] },
-          priority: { type: 'integer' },
-          account: NameSchema,
-        },
-      },
+      body: SubmitSchema,
     },
   }, async (req, reply) => {
     const p = principal(req);
