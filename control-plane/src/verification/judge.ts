@@ -382,22 +382,15 @@ function classifyMetric(m: MetricInput, st: Settings): MetricVerdict {
         ? `mean ratio ${fmtNum(ratio)}`
         : 'baseline mean is 0 and canary mean is not (an unbounded increase)';
 
+  const passed = (reason: string): MetricVerdict => ({ ...common, classification: 'Pass', failed: false, baseline, canary, effectSize, ...tested, reason });
+
   // Rule 6 / 7: which way (if any) does the canary deviate?
   const bConst = b[0] === b[b.length - 1];
   const cConst = c[0] === c[c.length - 1];
   let deviation: 'up' | 'down' | null;
   let why: string;
   if (bConst && cConst && b[0] === c[0]) {
-    return {
-      ...common,
-      classification: 'Pass',
-      failed: false,
-      baseline,
-      canary,
-      effectSize,
-      ...tested,
-      reason: `both series are constant at the same value ${fmtNum(b[0]!)}${notes}`,
-    };
+    return passed(`both series are constant at the same value ${fmtNum(b[0]!)}${notes}`);
   }
   if (bConst && cConst) {
     deviation = c[0]! > b[0]! ? 'up' : 'down';
@@ -419,16 +412,7 @@ function classifyMetric(m: MetricInput, st: Settings): MetricVerdict {
   }
 
   if (deviation === null) {
-    return {
-      ...common,
-      classification: 'Pass',
-      failed: false,
-      baseline,
-      canary,
-      effectSize,
-      ...tested,
-      reason: `no significant difference at ${pct} confidence: ${why}${notes}`,
-    };
+    return passed(`no significant difference at ${pct} confidence: ${why}${notes}`);
   }
 
   // Rule 8: effect-size gate with the tolerance band.
@@ -440,16 +424,7 @@ function classifyMetric(m: MetricInput, st: Settings): MetricVerdict {
   const exceeds = ratio === null ? true : deviation === 'up' ? ratio > allowedIncrease : ratio < allowedDecrease;
   const word = deviation === 'up' ? 'higher' : 'lower';
   if (!exceeds) {
-    return {
-      ...common,
-      classification: 'Pass',
-      failed: false,
-      baseline,
-      canary,
-      effectSize,
-      ...tested,
-      reason: `canary is ${word} than baseline (${why}) but the ${ratioText} is within the tolerated ${fmtNum(limit)}${notes}`,
-    };
+    return passed(`canary is ${word} than baseline (${why}) but the ${ratioText} is within the tolerated ${fmtNum(limit)}${notes}`);
   }
 
   // Rule 9: direction.
