@@ -169,6 +169,7 @@ export class Worker {
   }
 
   private applyAck(taskId: string, attempt: number, seq: number, done: boolean): void {
+    this.connection.acked(taskId, attempt, seq);
     const t = this.spool.get(taskId, attempt);
     if (!t) return;
     t.ack(seq);

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import WebSocket from 'ws';
 import { encodeFrame, decodeServerFrame, PROTOCOL_VERSION } from '../../shared/dist/index.js';
-import { root, delegateBin, startServer, api, tmpDir, sleep, percentile } from './_lib.mjs';
+import { root, delegateBin, startServer, api, tmpDir, sleep, percentile, nodeArgs } from './_lib.mjs';
 import { startPostgres, pgUnavailable, killPostgresSync } from './_pg.mjs';
 
 // ---- process registry ---------------------------------------------------------------
@@ -114,7 +114,7 @@ export async function delegateToken(srv, name = 'bench') {
 /** Starts a real ferry-delegate (supervisor + worker) in a process group of its own. */
 export function startDelegate(srv, token, { name, capacity = 4, tags = [], env = {} } = {}) {
   const stateDir = trackDir(tmpDir('dlg'));
-  const proc = spawn(process.execPath, [delegateBin], {
+  const proc = spawn(process.execPath, [...nodeArgs, delegateBin], {
     detached: true,
     stdio: ['ignore', 'ignore', 'pipe'],
     env: {

@@ -21,9 +21,12 @@ export function freePort() {
   });
 }
 
+/** Extra node flags for the Ferry processes a benchmark starts (e.g. BENCH_NODE_ARGS=--cpu-prof). */
+export const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+
 /** Starts `ferry server`; resolves with {proc, url, adminToken, dataDir}. */
 export async function startServer({ dataDir = tmpDir('srv'), port = 0, env = {} } = {}) {
-  const proc = spawn(process.execPath, [ferryBin, 'server'], {
+  const proc = spawn(process.execPath, [...nodeArgs, ferryBin, 'server'], {
     env: { ...process.env, FERRY_DATA_DIR: dataDir, FERRY_LISTEN: `127.0.0.1:${port}`, FERRY_LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

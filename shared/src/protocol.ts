@@ -24,6 +24,8 @@ export const CloseCode = {
   HelloTimeout: 4012,
   ServerShutdown: 4013,
   DelegateMismatch: 4014,
+  /** the server could not store a log chunk or result; reconnect and resend what is unacknowledged */
+  StoreFailed: 4015,
 } as const;
 export type CloseCodeName = keyof typeof CloseCode;
 

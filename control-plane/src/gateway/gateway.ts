@@ -23,7 +23,6 @@ import { markDisconnected, setUpgradeState, upsertOnHello } from '../store/deleg
 import type { Scheduler } from '../scheduler/scheduler.js';
 import type { LogStore } from '../logs/log-store.js';
 import type { DispatchTarget } from '../scheduler/types.js';
-import { GroupCommit } from '../store/group-commit.js';
 
 const CONNECT_PATH = '/api/v1/delegate/connect';
 /** frames waiting to be handled before the socket is paused (read backpressure) */
@@ -62,10 +61,12 @@ export class Session implements DispatchTarget {
   closed = false;
   private chain: Promise<void> = Promise.resolve();
   private pendingFrames = 0;
+  /** frames sent in this tick are held and written together (gateway.flushCorked) */
+  corked = false;
   private bucket: number;
   private bucketAt: number;
 
-  constructor(readonly ws: WebSocket, principal: Principal, private readonly gw: Gateway, now: number) {
+  constructor(readonly ws: WebSocket, readonly socket: Duplex, principal: Principal, private readonly gw: Gateway, now: number) {
     this.accountId = principal.accountId;
     this.tokenId = principal.tokenId;
     this.lastSeen = now;
@@ -90,6 +91,7 @@ export class Session implements DispatchTarget {
       this.close(CloseCode.RateLimited, 'delegate reads too slowly; send buffer full');
       return false;
     }
+    if (!this.corked) this.gw.cork(this);
     this.ws.send(encodeFrame(frame), { binary: true });
     this.gw.deps.metrics.framesOut.inc({ type: frame.type });
     return true;
@@ -164,12 +166,12 @@ export class Gateway extends EventEmitter {
   private readonly all = new Set<Session>();
   private heartbeatTimer: NodeJS.Timeout | null = null;
   private readonly handlers: Handlers;
-  private readonly writes: GroupCommit;
   private lastFlush = 0;
+  /** sessions whose socket is corked until the end of this tick */
+  private corked: Session[] = [];
 
   constructor(readonly deps: GatewayDeps) {
     super();
-    this.writes = new GroupCommit(deps.store);
     this.wss = new WebSocketServer({ noServer: true, maxPayload: deps.config.maxFrameBytes, perMessageDeflate: false, clientTracking: false });
     this.handlers = {
       hello: async (s) => s.close(CloseCode.OutOfOrder, 'hello was already received'),
@@ -198,7 +200,7 @@ export class Gateway extends EventEmitter {
         // chunks are still uncommitted (backpressure).
         const p = deps.logs.submitChunk(s.delegateId, f).then((seq) => {
           if (seq >= 0) s.send({ type: 'log.ack', taskId: f.taskId, attempt: f.attempt, seq });
-        }, (err) => s.log.error({ err, taskId: f.taskId }, 'log chunk not stored; the delegate will resend it'));
+        }, (err) => this.storeFailed(s, err, f.taskId, 'log chunk'));
         await s.track(p);
       },
       'task.result': async (s, f) => {
@@ -211,7 +213,7 @@ export class Gateway extends EventEmitter {
         const accepted = s.accepts.get(f.taskId) ?? Promise.resolve();
         const p = accepted.then(() => deps.logs.submitResult(s.delegateId, f)).then(() => {
           s.send({ type: 'log.ack', taskId: f.taskId, attempt: f.attempt, seq: f.seq, done: true });
-        }, (err) => s.log.error({ err, taskId: f.taskId }, 'result not stored; the delegate will resend it'));
+        }, (err) => this.storeFailed(s, err, f.taskId, 'result'));
         await s.track(p);
       },
       'upgrade.status': async (s, f) => {
@@ -255,12 +257,41 @@ export class Gateway extends EventEmitter {
       m.upgradesRefused.inc({ code: 'FORBIDDEN' });
       return refuse(socket, 403, 'FORBIDDEN', 'only a delegate token can connect a delegate');
     }
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, p));
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, socket, p));
   }
 
-  private onConnection(ws: WebSocket, p: Principal): void {
+  /**
+   * A chunk or result could not be stored. Later acknowledgements of the task cannot pass
+   * it (they are cumulative), so the session is closed: the delegate reconnects at once
+   * and resends everything unacknowledged, in order.
+   */
+  private storeFailed(s: Session, err: unknown, taskId: string, what: string): void {
+    s.log.error({ err, taskId }, `${what} not stored; closing the session so the delegate resends it`);
+    s.close(CloseCode.StoreFailed, `the server could not store a ${what}; resend after reconnecting`);
+  }
+
+  /**
+   * Holds a session's writes until the end of the tick: the assignments, acks and
+   * heartbeats sent to one delegate in a tick leave in one write instead of one each.
+   */
+  cork(s: Session): void {
+    s.corked = true;
+    s.socket.cork();
+    if (this.corked.push(s) === 1) setImmediate(() => this.flushCorked());
+  }
+
+  private flushCorked(): void {
+    const list = this.corked;
+    this.corked = [];
+    for (const s of list) {
+      s.corked = false;
+      s.socket.uncork();
+    }
+  }
+
+  private onConnection(ws: WebSocket, socket: Duplex, p: Principal): void {
     const now = this.deps.clock.now();
-    const s = new Session(ws, p, this, now);
+    const s = new Session(ws, socket, p, this, now);
     this.all.add(s);
     this.deps.metrics.sessionsOpened.inc();
     const helloTimer = setTimeout(() => {
@@ -342,7 +373,7 @@ export class Gateway extends EventEmitter {
     }
     this.byDelegate.set(h.delegateId, s);
     const now = this.deps.clock.now();
-    const acc = await this.writes.run(async (trx) => {
+    const acc = await this.deps.store.writer.run(async (trx) => {
       await upsertOnHello(trx, h, { accountId: s.accountId, tokenId: s.tokenId, sessionId: s.sessionId, serverId: this.deps.config.serverId, now });
       return trx.selectFrom('accounts').select(['name', 'ring']).where('id', '=', s.accountId).executeTakeFirst();
     });
@@ -381,7 +412,7 @@ export class Gateway extends EventEmitter {
     await s.idle();
     try {
       await this.deps.scheduler.detach(s.delegateId, s);
-      await this.writes.run((trx) => markDisconnected(trx, s.delegateId, s.sessionId, this.deps.clock.now()));
+      await this.deps.store.writer.run((trx) => markDisconnected(trx, s.delegateId, s.sessionId, this.deps.clock.now()));
     } catch (err) {
       s.log.error({ err }, 'could not record the disconnect');
     }

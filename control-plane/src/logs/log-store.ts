@@ -26,11 +26,38 @@ export interface StoredChunk {
 const NOTE_BEFORE_BASE = -1_000_000_000;
 const NOTE_AFTER_BASE = 1_000_000_000;
 
+/** The task a result ended, as stored (returned by the result's update). */
+export interface FinishedTask {
+  executionId: string | null;
+  kind: string;
+  delegateVersion: string | null;
+  startedAt: number | null;
+}
+
+export interface AcceptedResult {
+  delegateId: string;
+  frame: TaskResult;
+  task: FinishedTask;
+}
+
 export interface ResultApplier {
-  /** Applies a result inside the ingest transaction; returns what to tell the delegate. */
-  applyResult(trx: Trx, delegateId: string, frame: TaskResult): Promise<{ accepted: boolean }>;
+  /**
+   * Applies a result inside the ingest transaction, recording `lastSeq` as the task's
+   * last stored sequence; null when the task no longer runs on that delegate (refused).
+   */
+  applyResult(trx: Trx, delegateId: string, frame: TaskResult, lastSeq: number): Promise<FinishedTask | null>;
   /** Called after the commit that applied accepted results. */
-  afterResults(results: Array<{ delegateId: string; frame: TaskResult }>): void;
+  afterResults(results: AcceptedResult[]): void;
+}
+
+interface Staged {
+  /** new last sequences per task */
+  seqs: Map<string, number>;
+  /** executions of tasks loaded in this batch */
+  execs: Map<string, string | null>;
+  published: StoredChunk[];
+  acks: Map<Pending, number>;
+  results: AcceptedResult[];
 }
 
 type Pending =
@@ -132,107 +159,111 @@ export class LogStore {
     }
   }
 
-  private async loadLastSeq(trx: Trx, taskIds: string[]): Promise<void> {
-    const missing = taskIds.filter((t) => !this.lastSeq.has(t));
-    if (missing.length === 0) return;
+  /**
+   * Stages a batch inside the writer's transaction. It may run twice (the writer retries
+   * an item alone when its batch fails), so it only reads the caches and returns what to
+   * change; flush() applies that once the commit returned.
+   */
+  private async stage(trx: Trx, batch: Pending[]): Promise<Staged> {
+    const now = this.clock.now();
+    const st: Staged = { seqs: new Map(), execs: new Map(), published: [], acks: new Map(), results: [] };
+    const last = (taskId: string): number | undefined => st.seqs.get(taskId) ?? this.lastSeq.get(taskId);
+    const missing = [...new Set(batch.map((p) => (p.kind === 'note' ? p.taskId : p.frame.taskId)))].filter((t) => !this.lastSeq.has(t));
     for (let i = 0; i < missing.length; i += 500) {
       const rows = await trx.selectFrom('tasks').select(['id', 'last_seq', 'execution_id']).where('id', 'in', missing.slice(i, i + 500)).execute();
       for (const r of rows) {
-        this.lastSeq.set(r.id, r.last_seq);
-        this.executionOf.set(r.id, r.execution_id);
+        st.seqs.set(r.id, r.last_seq);
+        st.execs.set(r.id, r.execution_id);
       }
     }
+    const rows: Array<{ task_id: string; seq: number; attempt: number; lines: string; line_count: number; created_at: number }> = [];
+    const touched = new Set<string>();
+    // Notes need sequence numbers of their own range.
+    const noteSeq = new Map<string, { before: number; after: number }>();
+    for (const p of batch) {
+      if (p.kind === 'chunk') {
+        const f = p.frame;
+        const prev = last(f.taskId);
+        if (prev === undefined) { st.acks.set(p, -1); continue; } // unknown task: nothing to store
+        if (f.seq <= prev) { st.acks.set(p, prev); continue; } // a resend of a stored chunk
+        const lines = f.lines.map((l: LogLine): StoredLine => [l.s, l.t, l.l]);
+        rows.push({ task_id: f.taskId, seq: f.seq, attempt: f.attempt, lines: JSON.stringify(lines), line_count: lines.length, created_at: now });
+        if (f.seq === prev + 1) st.seqs.set(f.taskId, f.seq);
+        touched.add(f.taskId);
+        st.published.push({ taskId: f.taskId, seq: f.seq, lines });
+        st.acks.set(p, last(f.taskId)!);
+      } else if (p.kind === 'note') {
+        let ns = noteSeq.get(p.taskId);
+        if (!ns) {
+          const r = await trx.selectFrom('log_chunks').select([
+            sql<number>`min(case when seq < 0 then seq else null end)`.as('lo'),
+            sql<number>`max(case when seq >= ${NOTE_AFTER_BASE} then seq else null end)`.as('hi'),
+          ]).where('task_id', '=', p.taskId).executeTakeFirst();
+          // before-notes count up from the base so they keep their order
+          const beforeCount = await trx.selectFrom('log_chunks').select(sql<number>`count(*)`.as('n')).where('task_id', '=', p.taskId).where('seq', '<', 0).executeTakeFirst();
+          ns = { before: NOTE_BEFORE_BASE + Number(beforeCount?.n ?? 0), after: r?.hi != null ? Number(r.hi) : NOTE_AFTER_BASE };
+          noteSeq.set(p.taskId, ns);
+        }
+        const seq = p.where === 'before' ? ++ns.before : ++ns.after;
+        const lines: StoredLine[] = [[2, now, p.text]];
+        rows.push({ task_id: p.taskId, seq, attempt: 0, lines: JSON.stringify(lines), line_count: 1, created_at: now });
+        st.published.push({ taskId: p.taskId, seq, lines });
+        if (!this.executionOf.has(p.taskId) && !st.execs.has(p.taskId)) {
+          const t = await trx.selectFrom('tasks').select('execution_id').where('id', '=', p.taskId).executeTakeFirst();
+          st.execs.set(p.taskId, t?.execution_id ?? null);
+        }
+        st.acks.set(p, seq);
+      }
+    }
+    for (let i = 0; i < rows.length; i += 400) {
+      await trx.insertInto('log_chunks').values(rows.slice(i, i + 400)).onConflict((oc) => oc.columns(['task_id', 'seq']).doNothing()).execute();
+    }
+    for (const p of batch) {
+      if (p.kind !== 'result') continue;
+      const f = p.frame;
+      const prev = last(f.taskId);
+      if (prev === undefined) { st.acks.set(p, -1); continue; }
+      if (!this.applier) throw new Error('no result applier');
+      // The result's update also records the task's last sequence.
+      const seq = Math.max(prev, f.seq);
+      const applied = await this.applier.applyResult(trx, p.delegateId, f, seq);
+      if (applied) {
+        st.seqs.set(f.taskId, seq);
+        touched.delete(f.taskId);
+        st.results.push({ delegateId: p.delegateId, frame: f, task: applied });
+      }
+      st.acks.set(p, applied ? f.seq : -1);
+    }
+    for (const t of touched) {
+      await trx.updateTable('tasks').set({ last_seq: last(t)! }).where('id', '=', t).execute();
+    }
+    return st;
   }
 
   private async flush(batch: Pending[]): Promise<void> {
-    const now = this.clock.now();
-    const published: StoredChunk[] = [];
-    const acks = new Map<Pending, number>();
-    const results: Array<{ delegateId: string; frame: TaskResult }> = [];
+    let st: Staged;
     try {
-      await this.store.db.transaction().execute(async (trx) => {
-        const taskIds = [...new Set(batch.map((p) => (p.kind === 'note' ? p.taskId : p.frame.taskId)))];
-        await this.loadLastSeq(trx, taskIds);
-        const rows: Array<{ task_id: string; seq: number; attempt: number; lines: string; line_count: number; created_at: number }> = [];
-        const touched = new Set<string>();
-        // Notes need sequence numbers of their own range.
-        const noteSeq = new Map<string, { before: number; after: number }>();
-        for (const p of batch) {
-          if (p.kind === 'chunk') {
-            const f = p.frame;
-            if (!this.lastSeq.has(f.taskId)) { acks.set(p, -1); continue; } // unknown task: nothing to store
-            const last = this.lastSeq.get(f.taskId)!;
-            if (f.seq <= last) { acks.set(p, last); continue; } // a resend of a stored chunk
-            const lines = f.lines.map((l: LogLine): StoredLine => [l.s, l.t, l.l]);
-            rows.push({ task_id: f.taskId, seq: f.seq, attempt: f.attempt, lines: JSON.stringify(lines), line_count: lines.length, created_at: now });
-            if (f.seq === last + 1) this.lastSeq.set(f.taskId, f.seq);
-            touched.add(f.taskId);
-            published.push({ taskId: f.taskId, seq: f.seq, lines });
-            acks.set(p, this.lastSeq.get(f.taskId)!);
-          } else if (p.kind === 'note') {
-            let ns = noteSeq.get(p.taskId);
-            if (!ns) {
-              const r = await trx.selectFrom('log_chunks').select([
-                sql<number>`min(case when seq < 0 then seq else null end)`.as('lo'),
-                sql<number>`max(case when seq >= ${NOTE_AFTER_BASE} then seq else null end)`.as('hi'),
-              ]).where('task_id', '=', p.taskId).executeTakeFirst();
-              // before-notes count up from the base so they keep their order
-              const beforeCount = await trx.selectFrom('log_chunks').select(sql<number>`count(*)`.as('n')).where('task_id', '=', p.taskId).where('seq', '<', 0).executeTakeFirst();
-              ns = { before: NOTE_BEFORE_BASE + Number(beforeCount?.n ?? 0), after: r?.hi != null ? Number(r.hi) : NOTE_AFTER_BASE };
-              noteSeq.set(p.taskId, ns);
-            }
-            const seq = p.where === 'before' ? ++ns.before : ++ns.after;
-            const lines: StoredLine[] = [[2, now, p.text]];
-            rows.push({ task_id: p.taskId, seq, attempt: 0, lines: JSON.stringify(lines), line_count: 1, created_at: now });
-            published.push({ taskId: p.taskId, seq, lines });
-            if (!this.executionOf.has(p.taskId)) {
-              const t = await trx.selectFrom('tasks').select('execution_id').where('id', '=', p.taskId).executeTakeFirst();
-              this.executionOf.set(p.taskId, t?.execution_id ?? null);
-            }
-            acks.set(p, seq);
-          }
-        }
-        for (let i = 0; i < rows.length; i += 400) {
-          await trx.insertInto('log_chunks').values(rows.slice(i, i + 400)).onConflict((oc) => oc.columns(['task_id', 'seq']).doNothing()).execute();
-        }
-        for (const t of touched) {
-          await trx.updateTable('tasks').set({ last_seq: this.lastSeq.get(t)! }).where('id', '=', t).execute();
-        }
-        for (const p of batch) {
-          if (p.kind !== 'result') continue;
-          const f = p.frame;
-          const last = this.lastSeq.get(f.taskId);
-          if (last === undefined) { acks.set(p, -1); continue; }
-          if (!this.applier) throw new Error('no result applier');
-          const { accepted } = await this.applier.applyResult(trx, p.delegateId, f);
-          if (accepted) {
-            if (f.seq > last) this.lastSeq.set(f.taskId, f.seq);
-            await trx.updateTable('tasks').set({ last_seq: this.lastSeq.get(f.taskId)! }).where('id', '=', f.taskId).execute();
-            results.push({ delegateId: p.delegateId, frame: f });
-          }
-          acks.set(p, accepted ? f.seq : -1);
-        }
-      });
+      st = await this.store.writer.run((trx) => this.stage(trx, batch));
     } catch (err) {
-      // Roll back the cache: the next resend will be stored.
-      for (const p of batch) if (p.kind !== 'note') this.lastSeq.delete(p.frame.taskId);
       this.logger.error({ err }, 'log store commit failed');
       for (const p of batch) p.reject(err as Error);
       return;
     }
+    for (const [t, seq] of st.seqs) this.lastSeq.set(t, seq);
+    for (const [t, e] of st.execs) this.executionOf.set(t, e);
     let lineCount = 0;
-    for (const c of published) lineCount += c.lines.length;
+    for (const c of st.published) lineCount += c.lines.length;
     this.metrics.logLinesStored.inc(lineCount);
-    for (const p of batch) p.resolve(acks.get(p) ?? -1);
-    for (const c of published) {
+    for (const p of batch) p.resolve(st.acks.get(p) ?? -1);
+    for (const c of st.published) {
       this.events.emit(`task:${c.taskId}`, c);
       const exec = this.executionOf.get(c.taskId);
       if (exec) this.events.emit(`exec:${exec}`, c);
       if (this.bus?.distributed) this.bus.publish({ type: 'log.chunk', taskId: c.taskId, executionId: exec ?? null, seq: c.seq });
     }
-    if (results.length) {
-      for (const r of results) { this.lastSeq.delete(r.frame.taskId); this.executionOf.delete(r.frame.taskId); }
-      this.applier?.afterResults(results);
+    if (st.results.length) {
+      for (const r of st.results) { this.lastSeq.delete(r.frame.taskId); this.executionOf.delete(r.frame.taskId); }
+      this.applier?.afterResults(st.results);
     }
   }
 

@@ -7,11 +7,18 @@
  * and capability matching), so the statement only re-checks `status = 'queued'`.
  */
 import { sql } from 'kysely';
-import type { Executor, Dialect } from '../store/db.js';
+import { unindexed, type Executor, type Dialect } from '../store/db.js';
 
-export interface ClaimedRow {
+/** What a task.assign is built from: the claim returns it, so no second read is needed. */
+export interface AssignRow {
   id: string;
+  account_id: string;
+  execution_id: string | null;
   attempt: number;
+  spec: string;
+  env: string;
+  secret_names: string;
+  timeout_ms: number | null;
   queued_at: number;
 }
 
@@ -20,10 +27,10 @@ export async function claimTasks(
   dialect: Dialect,
   ids: string[],
   d: { delegateId: string; version: string; leaseExpiresAt: number; now: number },
-): Promise<ClaimedRow[]> {
+): Promise<AssignRow[]> {
   if (ids.length === 0) return [];
   if (dialect === 'postgres') {
-    const r = await sql<ClaimedRow>`
+    const r = await sql<AssignRow>`
       with picked as (
         select id from tasks
         where id in (${sql.join(ids)}) and status = 'queued'
@@ -33,12 +40,12 @@ export async function claimTasks(
       update tasks set status = 'assigned', delegate_id = ${d.delegateId}, delegate_version = ${d.version},
         lease_expires_at = ${d.leaseExpiresAt}, assigned_at = ${d.now}
       from picked where tasks.id = picked.id
-      returning tasks.id, tasks.attempt, tasks.queued_at`.execute(db);
+      returning tasks.id, tasks.account_id, tasks.execution_id, tasks.attempt, tasks.spec, tasks.env, tasks.secret_names, tasks.timeout_ms, tasks.queued_at`.execute(db);
     return r.rows;
   }
   return db.updateTable('tasks')
     .set({ status: 'assigned', delegate_id: d.delegateId, delegate_version: d.version, lease_expires_at: d.leaseExpiresAt, assigned_at: d.now })
-    .where('id', 'in', ids).where('status', '=', 'queued')
-    .returning(['id', 'attempt', 'queued_at'])
+    .where('id', 'in', ids).where(unindexed('status'), '=', 'queued')
+    .returning(['id', 'account_id', 'execution_id', 'attempt', 'spec', 'env', 'secret_names', 'timeout_ms', 'queued_at'])
     .execute();
 }

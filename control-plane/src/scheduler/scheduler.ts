@@ -8,16 +8,15 @@
  */
 import { newId, type TaskAssign, type TaskFailure, type TaskResult, type TaskSpec } from '@ferry/shared';
 import type { Store, Trx, Executor } from '../store/db.js';
-import { fromJson, nextSequence, toJson } from '../store/db.js';
+import { fromJson, nextSequence, toJson, unindexed } from '../store/db.js';
 import type { Clock } from '../clock.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
 import type { SecretBox } from '../store/secrets.js';
 import { readSecrets } from '../store/secrets.js';
-import type { LogStore, ResultApplier } from '../logs/log-store.js';
-import { claimTasks } from './claim.js';
+import type { AcceptedResult, FinishedTask, LogStore, ResultApplier } from '../logs/log-store.js';
+import { claimTasks, type AssignRow } from './claim.js';
 import type { Bus } from '../store/bus.js';
-import { GroupCommit } from '../store/group-commit.js';
 import type { DispatchTarget, QueueInfo, TaskInput, TaskListener, TaskOutcome } from './types.js';
 
 export interface SchedulerOptions {
@@ -38,6 +37,20 @@ interface QueuedRow {
 
 const DEFAULT_QUEUE_TIMEOUT = 3_600_000;
 
+interface PendingAccept {
+  delegateId: string;
+  delegateName: string;
+  taskId: string;
+  attempt: number;
+  resolve: () => void;
+  reject: (err: unknown) => void;
+}
+
+const taskRow = (t: TaskInput, attempt: number, queuedAt: number): AssignRow => ({
+  id: t.id, account_id: t.accountId, execution_id: t.executionId, attempt, spec: toJson(t.spec), env: toJson(t.env),
+  secret_names: toJson(t.secretNames), timeout_ms: t.timeoutMs ?? null, queued_at: queuedAt,
+});
+
 export class Scheduler implements ResultApplier {
   private readonly targets = new Map<string, DispatchTarget>();
   /** tasks assigned or running per delegate (this server's view) */
@@ -50,8 +63,10 @@ export class Scheduler implements ResultApplier {
   private sweepTimer: NodeJS.Timeout | null = null;
   private stopped = false;
   private bus: Bus | null = null;
-  private readonly writes: GroupCommit;
   private announced = false;
+  /** accepts waiting for the writer's next batch (they are recorded together) */
+  private acceptQ: PendingAccept[] = [];
+  private acceptsQueued = false;
 
   constructor(
     private readonly store: Store,
@@ -63,7 +78,6 @@ export class Scheduler implements ResultApplier {
     private readonly opts: SchedulerOptions,
   ) {
     logs.setResultApplier(this);
-    this.writes = new GroupCommit(store);
   }
 
   setListener(l: TaskListener): void {
@@ -98,13 +112,20 @@ export class Scheduler implements ResultApplier {
   async enqueue(trx: Executor, t: TaskInput, direct?: DispatchTarget): Promise<void> {
     const now = this.clock.now();
     const seq = await nextSequence(trx, 'task_queue');
+    await this.insertTasks(trx, [t], seq, now, direct);
+  }
+
+  /** Inserts tasks with queue sequences from `firstSeq` on; `direct` assigns the (single) task at once. */
+  private async insertTasks(trx: Executor, list: TaskInput[], firstSeq: number, now: number, direct?: DispatchTarget): Promise<void> {
+    const t0 = list[0];
+    if (!t0) return;
     if (direct) {
       // Direct dispatch (submit only): nothing of the account waits ahead, so the task is
       // written already assigned — one commit from submit to task.assign instead of two.
-      const ahead = await trx.selectFrom('tasks').select('id').where('status', '=', 'queued').where('account_id', '=', t.accountId).limit(1).executeTakeFirst();
+      const ahead = await trx.selectFrom('tasks').select('id').where('status', '=', 'queued').where('account_id', '=', t0.accountId).limit(1).executeTakeFirst();
       if (ahead) direct = undefined;
     }
-    await trx.insertInto('tasks').values({
+    const rows = list.map((t, i) => ({
       id: t.id,
       account_id: t.accountId,
       execution_id: t.executionId,
@@ -115,13 +136,13 @@ export class Scheduler implements ResultApplier {
       selectors: toJson(t.selectors),
       capabilities: toJson(t.capabilities ?? [t.kind]),
       priority: t.priority ?? 0,
-      status: direct ? 'assigned' : 'queued',
+      status: direct ? ('assigned' as const) : ('queued' as const),
       attempt: 1,
       delegate_id: direct?.delegateId ?? null,
       delegate_version: direct?.version ?? null,
       lease_expires_at: direct ? now + this.opts.leaseMs : null,
       queued_at: now,
-      queue_seq: seq,
+      queue_seq: firstSeq + i,
       assigned_at: direct ? now : null,
       started_at: null,
       finished_at: null,
@@ -132,9 +153,13 @@ export class Scheduler implements ResultApplier {
       result: null,
       last_seq: 0,
       error_kind: null,
-    }).execute();
-    this.metrics.tasksQueued.inc({ kind: t.kind });
-    if (t.executionId) this.logs.bindExecution(t.id, t.executionId);
+    }));
+    // SQLite binds at most 32,766 parameters per statement; 26 columns a row
+    for (let i = 0; i < rows.length; i += 500) await trx.insertInto('tasks').values(rows.slice(i, i + 500)).execute();
+    for (const t of list) {
+      this.metrics.tasksQueued.inc({ kind: t.kind });
+      if (t.executionId) this.logs.bindExecution(t.id, t.executionId);
+    }
   }
 
   /** Enqueue in a transaction of its own and dispatch at once (benchmarks, simple callers). */
@@ -145,16 +170,19 @@ export class Scheduler implements ResultApplier {
     const target = this.pickDirect(t);
     if (target) this.inFlight.get(target.delegateId)!.add(t.id);
     let assigned = false;
+    let queuedAt = 0;
     try {
-      await this.writes.run(async (trx) => {
-        await this.enqueue(trx, t, target);
+      await this.store.writer.run(async (trx) => {
+        queuedAt = this.clock.now();
+        const seq = await nextSequence(trx, 'task_queue');
+        await this.insertTasks(trx, [t], seq, queuedAt, target);
         if (target) assigned = (await trx.selectFrom('tasks').select('status').where('id', '=', t.id).executeTakeFirst())?.status === 'assigned';
       });
     } finally {
       if (target && !assigned) this.inFlight.get(target.delegateId)?.delete(t.id);
     }
     if (target && assigned) {
-      if (this.targets.get(target.delegateId) === target) await this.sendAssignments(target, [t.id], this.clock.now());
+      if (this.targets.get(target.delegateId) === target) await this.sendAssignments(target, [taskRow(t, 1, queuedAt)], this.clock.now());
       // else: the session closed meanwhile; the lease runs out and the task is queued again
     } else {
       this.wake();
@@ -163,8 +191,10 @@ export class Scheduler implements ResultApplier {
 
   /** Many tasks in one commit (bulk submission); they wait in the queue in this order. */
   async submitMany(list: TaskInput[]): Promise<void> {
-    await this.writes.run(async (trx) => {
-      for (const t of list) await this.enqueue(trx, t);
+    if (list.length === 0) return;
+    await this.store.writer.run(async (trx) => {
+      const last = await nextSequence(trx, 'task_queue', list.length);
+      await this.insertTasks(trx, list, last - list.length + 1, this.clock.now());
     });
     this.wake();
   }
@@ -230,12 +260,46 @@ export class Scheduler implements ResultApplier {
       if (f > 0) { free.set(t.delegateId, f); total += f; }
     }
     if (total === 0) return;
-    const accounts = [...new Set([...free.keys()].map((id) => this.targets.get(id)!.accountId))];
+    // A delegate takes only its own account's tasks, so each account's queue is read on
+    // its own, in its index order.
+    const freeByAccount = new Map<string, number>();
+    for (const [id, f] of free) {
+      const acc = this.targets.get(id)!.accountId;
+      freeByAccount.set(acc, (freeByAccount.get(acc) ?? 0) + f);
+    }
+    const plan = new Map<string, string[]>();
+    for (const [accountId, slots] of freeByAccount) await this.planAccount(accountId, slots, free, plan);
+    if (plan.size === 0) return;
 
+    const now = this.clock.now();
+    const leaseExpiresAt = now + this.opts.leaseMs;
+    // The claim shares the writer's commit with accepts and results of the same tick.
+    const claimed = await this.store.writer.run(async (trx) => {
+      const out = new Map<string, AssignRow[]>();
+      for (const [delegateId, ids] of plan) {
+        const t = this.targets.get(delegateId);
+        if (!t) continue;
+        const got = await claimTasks(trx, this.store.dialect, ids, { delegateId, version: t.version, leaseExpiresAt, now });
+        if (got.length) out.set(delegateId, got);
+      }
+      return out;
+    });
+    for (const [delegateId, got] of claimed) {
+      const t = this.targets.get(delegateId);
+      const set = this.inFlight.get(delegateId) ?? new Set<string>();
+      this.inFlight.set(delegateId, set);
+      for (const g of got) set.add(g.id);
+      if (!t) continue; // the session closed meanwhile: the lease will run out and requeue
+      await this.sendAssignments(t, got, now);
+    }
+  }
+
+  /** Plans one account's queue onto its delegates' free slots (FIFO, least-loaded delegate first). */
+  private async planAccount(accountId: string, slots: number, free: Map<string, number>, plan: Map<string, string[]>): Promise<void> {
+    let total = slots;
     // Pick in memory: FIFO per account, least-loaded eligible delegate first. The queue is
     // read page by page in queue order, so tasks no connected delegate can take (selectors,
     // capabilities) never hide eligible ones behind them.
-    const plan = new Map<string, string[]>();
     const MAX_SCAN = 50_000;
     // The first page is sized to the free slots (most passes fill them from it); later
     // pages, needed only when the head of the queue is ineligible, are larger.
@@ -247,7 +311,7 @@ export class Scheduler implements ResultApplier {
       page = 1000;
       let q = this.store.db.selectFrom('tasks')
         .select(['id', 'account_id', 'selectors', 'capabilities', 'queued_at', 'priority', 'queue_seq'])
-        .where('status', '=', 'queued').where('account_id', 'in', accounts);
+        .where('status', '=', 'queued').where('account_id', '=', accountId);
       if (after) {
         const a = after;
         q = q.where((eb) => eb.or([eb('priority', '<', a.priority), eb.and([eb('priority', '=', a.priority), eb('queue_seq', '>', a.seq)])]));
@@ -264,7 +328,7 @@ export class Scheduler implements ResultApplier {
         for (const [id, f] of free) {
           if (f <= 0) continue;
           const t = this.targets.get(id)!;
-          if (t.accountId !== r.account_id || refused?.has(id)) continue;
+          if (t.accountId !== accountId || refused?.has(id)) continue;
           if (!selectors.every((x) => t.tags.has(x)) || !caps.every((c) => t.capabilities.has(c))) continue;
           const ratio = f / t.capacity;
           if (!best || ratio > bestFree) { best = t; bestFree = ratio; }
@@ -280,33 +344,9 @@ export class Scheduler implements ResultApplier {
       const last = rows[rows.length - 1]!;
       after = { priority: Number(last.priority), seq: Number(last.queue_seq) };
     }
-    if (plan.size === 0) return;
-
-    const now = this.clock.now();
-    const leaseExpiresAt = now + this.opts.leaseMs;
-    const claimed = new Map<string, Array<{ id: string; attempt: number; queued_at: number }>>();
-    await this.store.db.transaction().execute(async (trx) => {
-      for (const [delegateId, ids] of plan) {
-        const t = this.targets.get(delegateId);
-        if (!t) continue;
-        const got = await claimTasks(trx, this.store.dialect, ids, { delegateId, version: t.version, leaseExpiresAt, now });
-        if (got.length) claimed.set(delegateId, got);
-      }
-    });
-    for (const [delegateId, got] of claimed) {
-      const t = this.targets.get(delegateId);
-      const set = this.inFlight.get(delegateId) ?? new Set<string>();
-      this.inFlight.set(delegateId, set);
-      for (const g of got) set.add(g.id);
-      if (!t) continue; // the session closed meanwhile: the lease will run out and requeue
-      await this.sendAssignments(t, got.map((g) => g.id), now);
-    }
   }
 
-  private async sendAssignments(t: DispatchTarget, ids: string[], now: number): Promise<void> {
-    const rows = await this.store.db.selectFrom('tasks')
-      .select(['id', 'account_id', 'execution_id', 'attempt', 'spec', 'env', 'secret_names', 'timeout_ms', 'queued_at'])
-      .where('id', 'in', ids).execute();
+  private async sendAssignments(t: DispatchTarget, rows: AssignRow[], now: number): Promise<void> {
     for (const r of rows) {
       const names = fromJson<string[]>(r.secret_names, []);
       let secrets: Record<string, string> = {};
@@ -397,13 +437,54 @@ export class Scheduler implements ResultApplier {
 
   // ---- frames from delegates ---------------------------------------------------------------
 
-  async onAccept(delegateId: string, delegateName: string, taskId: string, attempt: number): Promise<void> {
-    const now = this.clock.now();
-    // Accepts of many tasks share one commit.
-    const r = await this.writes.run((trx) => trx.updateTable('tasks').set({ status: 'running', started_at: now, lease_expires_at: null })
-      .where('id', '=', taskId).where('delegate_id', '=', delegateId).where('attempt', '=', attempt).where('status', '=', 'assigned')
-      .returning(['execution_id']).executeTakeFirst());
-    if (r) this.listener?.onTaskStarted({ taskId, executionId: r.execution_id, delegateId, delegateName, at: now });
+  /** Records an accept; accepts that arrive together share one statement and one commit. */
+  onAccept(delegateId: string, delegateName: string, taskId: string, attempt: number): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.acceptQ.push({ delegateId, delegateName, taskId, attempt, resolve, reject });
+      if (this.acceptsQueued) return;
+      this.acceptsQueued = true;
+      let batch: PendingAccept[] | null = null;
+      let now = 0;
+      this.store.writer.run(async (trx) => {
+        // taken when the writer runs it, so every accept until then joins; kept for a retry
+        if (!batch) {
+          batch = this.acceptQ;
+          this.acceptQ = [];
+          this.acceptsQueued = false;
+          now = this.clock.now();
+        }
+        return this.recordAccepts(trx, batch, now);
+      }).then((started) => {
+        for (const a of batch!) {
+          const execId = started.get(a.taskId);
+          if (execId !== undefined) this.listener?.onTaskStarted({ taskId: a.taskId, executionId: execId, delegateId: a.delegateId, delegateName: a.delegateName, at: now });
+          a.resolve();
+        }
+      }, (err: unknown) => {
+        for (const a of batch ?? []) a.reject(err);
+      });
+    });
+  }
+
+  /** assigned → running for accepts of the current attempt; returns the started tasks' executions. */
+  private async recordAccepts(trx: Trx, batch: PendingAccept[], now: number): Promise<Map<string, string | null>> {
+    const groups = new Map<string, { delegateId: string; attempt: number; ids: string[] }>();
+    for (const a of batch) {
+      const k = `${a.delegateId}\u0000${a.attempt}`;
+      let g = groups.get(k);
+      if (!g) groups.set(k, (g = { delegateId: a.delegateId, attempt: a.attempt, ids: [] }));
+      g.ids.push(a.taskId);
+    }
+    const started = new Map<string, string | null>();
+    for (const g of groups.values()) {
+      for (let i = 0; i < g.ids.length; i += 500) {
+        const rows = await trx.updateTable('tasks').set({ status: 'running', started_at: now, lease_expires_at: null })
+          .where('id', 'in', g.ids.slice(i, i + 500)).where(unindexed('delegate_id'), '=', g.delegateId).where('attempt', '=', g.attempt).where(unindexed('status'), '=', 'assigned')
+          .returning(['id', 'execution_id']).execute();
+        for (const r of rows) started.set(r.id, r.execution_id);
+      }
+    }
+    return started;
   }
 
   async onReject(delegateId: string, taskId: string, attempt: number, reason: string): Promise<void> {
@@ -424,42 +505,40 @@ export class Scheduler implements ResultApplier {
   }
 
   /** ResultApplier: inside the log store's commit, after every chunk before it. */
-  async applyResult(trx: Trx, delegateId: string, f: TaskResult): Promise<{ accepted: boolean }> {
+  async applyResult(trx: Trx, delegateId: string, f: TaskResult, lastSeq: number): Promise<FinishedTask | null> {
     const status = f.status === 'Succeeded' ? 'succeeded' : f.status === 'Canceled' ? 'canceled' : 'failed';
     const result = { status: f.status, exitCode: f.exitCode, error: f.error, outputs: f.outputs, startedAt: f.startedAt, finishedAt: f.finishedAt, data: f.data };
     const r = await trx.updateTable('tasks')
-      .set({ status, result: toJson(result), finished_at: this.clock.now(), error_kind: f.error?.kind ?? null, lease_expires_at: null })
+      .set({ status, result: toJson(result), finished_at: this.clock.now(), error_kind: f.error?.kind ?? null, lease_expires_at: null, last_seq: lastSeq })
       .where('id', '=', f.taskId).where('delegate_id', '=', delegateId).where('status', 'in', ['assigned', 'running'])
+      .returning(['execution_id', 'kind', 'delegate_version', 'started_at'])
       .executeTakeFirst();
-    return { accepted: Number(r.numUpdatedRows) > 0 };
+    if (!r) return null;
+    return { executionId: r.execution_id, kind: r.kind, delegateVersion: r.delegate_version, startedAt: r.started_at == null ? null : Number(r.started_at) };
   }
 
-  afterResults(results: Array<{ delegateId: string; frame: TaskResult }>): void {
-    void this.finishAccepted(results).catch((err) => this.logger.error({ err }, 'result delivery failed'));
-  }
-
-  private async finishAccepted(results: Array<{ delegateId: string; frame: TaskResult }>): Promise<void> {
-    const rows = await this.store.db.selectFrom('tasks').select(['id', 'execution_id', 'kind', 'delegate_version', 'started_at'])
-      .where('id', 'in', results.map((r) => r.frame.taskId)).execute();
-    const byId = new Map(rows.map((r) => [r.id, r]));
-    for (const { delegateId, frame: f } of results) {
+  afterResults(results: AcceptedResult[]): void {
+    for (const { delegateId, frame: f, task } of results) {
       this.inFlight.get(delegateId)?.delete(f.taskId);
       this.refusedBy.delete(f.taskId);
-      const row = byId.get(f.taskId);
-      this.metrics.tasksFinished.inc({ kind: row?.kind ?? 'unknown', status: f.status });
-      this.listener?.onTaskFinished({
-        taskId: f.taskId,
-        executionId: row?.execution_id ?? null,
-        status: f.status,
-        exitCode: f.exitCode,
-        ...(f.error ? { error: f.error } : {}),
-        outputs: f.outputs,
-        startedAt: row?.started_at == null ? f.startedAt : Number(row.started_at),
-        finishedAt: f.finishedAt,
-        delegateId,
-        delegateVersion: row?.delegate_version ?? null,
-        data: f.data,
-      });
+      this.metrics.tasksFinished.inc({ kind: task.kind, status: f.status });
+      try {
+        this.listener?.onTaskFinished({
+          taskId: f.taskId,
+          executionId: task.executionId,
+          status: f.status,
+          exitCode: f.exitCode,
+          ...(f.error ? { error: f.error } : {}),
+          outputs: f.outputs,
+          startedAt: task.startedAt ?? f.startedAt,
+          finishedAt: f.finishedAt,
+          delegateId,
+          delegateVersion: task.delegateVersion,
+          data: f.data,
+        });
+      } catch (err) {
+        this.logger.error({ err, taskId: f.taskId }, 'result delivery failed');
+      }
     }
     this.wake();
   }
@@ -495,7 +574,7 @@ export class Scheduler implements ResultApplier {
     const result = { status: status === 'canceled' ? 'Canceled' : 'Failed', exitCode: null, error, outputs: {}, startedAt: null, finishedAt: now };
     const done = await this.store.db.updateTable('tasks')
       .set({ status, result: toJson(result), finished_at: now, error_kind: error.kind, lease_expires_at: null })
-      .where('id', 'in', ids).where('status', 'in', from as Array<'queued'>)
+      .where('id', 'in', ids).where(unindexed('status'), 'in', from)
       .returning(['id', 'execution_id', 'delegate_id', 'delegate_version', 'started_at', 'kind']).execute();
     for (const r of done) {
       if (r.delegate_id) this.inFlight.get(r.delegate_id)?.delete(r.id);

@@ -7,12 +7,13 @@
 import { EventEmitter } from 'node:events';
 import WebSocket from 'ws';
 import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
 import {
   CloseCode, DEFAULT_LIMITS, FATAL_CLOSE_CODES, closeCodeName, decodeServerFrame, decodeDelegateFrame, encodeFrame,
   type DelegateFrame, type Hello, type ServerFrame, type SessionLimits, type Welcome,
 } from '@ferry/shared';
 import type { Logger } from 'pino';
-import type { Spool } from '../spool/spool.js';
+import { taskKey, type Spool } from '../spool/spool.js';
 import { Backoff } from './backoff.js';
 import { RateLimiter } from './rate-limiter.js';
 
@@ -47,6 +48,13 @@ export type SessionEnd =
 
 /** Bytes allowed in the socket's send buffer before the pump waits. */
 const HIGH_WATER_BYTES = 4 << 20;
+/**
+ * Spooled bytes sent in a session and not yet acknowledged. The window keeps the queue in
+ * front of the server short, so under load a quiet task's line is not stuck behind
+ * megabytes of a loud one's (the pump takes tasks in turn); a full window still carries
+ * far more than the server stores between two acknowledgements.
+ */
+export const SEND_WINDOW_BYTES = 256 << 10;
 
 export function connectUrl(base: string): string {
   const u = new URL(base);
@@ -87,7 +95,27 @@ class Session {
   end: SessionEnd | undefined;
   wake: (() => void) | null = null;
   timers: NodeJS.Timeout[] = [];
+  /** the TCP socket under ws (from its upgrade response) */
+  socket: Duplex | null = null;
+  private corked = false;
+  /** spooled frames sent and not acknowledged, per task key in sequence order */
+  readonly unacked = new Map<string, Array<{ seq: number; bytes: number }>>();
+  unackedBytes = 0;
   constructor(readonly ws: WebSocket) {}
+  /**
+   * Holds writes until the end of the tick, so the accepts, chunks and results made in one
+   * tick leave in one write instead of one each.
+   */
+  cork(): void {
+    const sock = this.socket;
+    if (this.corked || !sock) return;
+    this.corked = true;
+    sock.cork();
+    setImmediate(() => {
+      this.corked = false;
+      sock.uncork();
+    });
+  }
   get alive(): boolean {
     return this.ws.readyState === WebSocket.OPEN && this.end === undefined;
   }
@@ -95,6 +123,30 @@ class Session {
     const w = this.wake;
     this.wake = null;
     w?.();
+  }
+  sentSpooled(key: string, seq: number, bytes: number): void {
+    let list = this.unacked.get(key);
+    if (!list) this.unacked.set(key, (list = []));
+    list.push({ seq, bytes });
+    this.unackedBytes += bytes;
+  }
+  /** Cumulative acknowledgement of a task's frames; true if it freed window room. */
+  acked(key: string, seq: number): boolean {
+    const list = this.unacked.get(key);
+    if (!list) return false;
+    let freed = 0;
+    while (list.length > 0 && list[0]!.seq <= seq) freed += list.shift()!.bytes;
+    if (list.length === 0) this.unacked.delete(key);
+    this.unackedBytes -= freed;
+    return freed > 0;
+  }
+  /** Forgets frames of tasks the spool no longer holds (dropped or forgotten: no ack will come). */
+  prune(alive: (key: string) => boolean): void {
+    for (const [key, list] of this.unacked) {
+      if (alive(key)) continue;
+      for (const e of list) this.unackedBytes -= e.bytes;
+      this.unacked.delete(key);
+    }
   }
 }
 
@@ -123,6 +175,12 @@ export class Connection extends EventEmitter {
 
   get sessionLimits(): SessionLimits {
     return this.limits;
+  }
+
+  /** The server acknowledged a task's frames up to seq: frees send window room. */
+  acked(taskId: string, attempt: number, seq: number): void {
+    const s = this.session;
+    if (s?.acked(taskKey(taskId, attempt), seq)) s.notify();
   }
 
   start(): void {
@@ -270,6 +328,7 @@ export class Connection extends EventEmitter {
         res.once('error', done);
         setTimeout(done, 2000).unref();
       });
+      ws.on('upgrade', (res: IncomingMessage) => { s.socket = res.socket; });
       ws.on('open', () => {
         openedAt = Date.now();
         s.lastReceived = openedAt;
@@ -382,6 +441,14 @@ export class Connection extends EventEmitter {
       }
       let bytes = s.control[0];
       let spooled: { key: string; seq: number } | undefined;
+      if (!bytes && s.unackedBytes >= SEND_WINDOW_BYTES) {
+        const live = new Set(spool.list().map((t) => t.key));
+        s.prune((key) => live.has(key));
+        if (s.unackedBytes >= SEND_WINDOW_BYTES) {
+          await new Promise<void>((r) => { s.wake = r; });
+          continue;
+        }
+      }
       if (!bytes) {
         const next = spool.nextToSend(s.sent);
         if (!next) {
@@ -397,13 +464,17 @@ export class Connection extends EventEmitter {
         continue;
       }
       if (!spooled) s.control.shift();
-      else s.sent.set(spooled.key, spooled.seq);
+      else {
+        s.sent.set(spooled.key, spooled.seq);
+        s.sentSpooled(spooled.key, spooled.seq, bytes.length);
+      }
       if (bytes.length > this.limits.maxFrameBytes) {
         const smaller = shrinkFrame(bytes, this.limits.maxFrameBytes);
         logger.error({ bytes: bytes.length, maxFrameBytes: this.limits.maxFrameBytes }, 'frame larger than the server accepts; sending it cut down');
         bytes = smaller;
       }
       try {
+        s.cork();
         s.ws.send(bytes, { binary: true });
       } catch (err) {
         logger.warn({ err: (err as Error).message }, 'send failed');

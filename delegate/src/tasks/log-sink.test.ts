@@ -48,13 +48,30 @@ describe('LogSink chunk batching', () => {
     expect(chunks.flatMap((c) => c.lines).filter((l) => l.s === 1)).toHaveLength(20);
   });
 
-  it('flushes a partial chunk after flushMs', async () => {
-    const { task, sink: s } = sink({ maxLines: 1000, maxBytes: 1 << 20, flushMs: 30 });
-    s.line(0, 'only line');
+  it('sends the lines of a quiet task at once, and batches for flushMs while a chunk is unacknowledged', async () => {
+    const { task, sink: s } = sink({ maxLines: 1000, maxBytes: 1 << 20, flushMs: 150 });
+    s.line(0, 'first');
+    s.line(0, 'second');
     expect(task.lastSeq).toBe(0);
-    await new Promise((r) => setTimeout(r, 80));
+    // nothing in flight: the lines of this tick form a chunk on the next turn of the loop
+    await new Promise((r) => setImmediate(r));
     expect(task.lastSeq).toBe(1);
+    // chunk 1 is not acknowledged: the next lines wait for the flush timer
+    s.line(0, 'third');
+    await new Promise((r) => setTimeout(r, 40));
+    expect(task.lastSeq).toBe(1);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(task.lastSeq).toBe(2);
+    // all acknowledged: quiet again, so the next line goes at once
+    await task.settled();
+    task.ack(2);
+    s.line(0, 'fourth');
+    await new Promise((r) => setImmediate(r));
+    expect(task.lastSeq).toBe(3);
     s.close();
+    await task.settled();
+    const chunks = spooledFrames(task) as LogChunk[];
+    expect(chunks.map((c) => c.lines.map((l) => l.l))).toEqual([['fourth']]);
   });
 
   it('masks secrets before anything is spooled', async () => {

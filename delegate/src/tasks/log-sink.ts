@@ -1,6 +1,9 @@
 /**
  * A task's log: lines are masked, timestamped and batched into log.chunk frames bounded
- * by time (flushMs) and size (lines and bytes), each appended to the task's spool.
+ * by time and size (lines and bytes), each appended to the task's spool. Batching adapts
+ * to the pipeline: when nothing of the task waits for an acknowledgement, the lines of
+ * this tick go out at once (a person tailing a quiet step sees each line promptly);
+ * while earlier chunks are still in flight, lines gather for up to flushMs.
  */
 import type { LogLine, Masker } from '@ferry/shared';
 import type { Spool, TaskSpool } from '../spool/spool.js';
@@ -33,6 +36,7 @@ export class LogSink {
   private lines: LogLine[] = [];
   private bytes = 0;
   private timer: NodeJS.Timeout | null = null;
+  private immediate: NodeJS.Immediate | null = null;
   private closed = false;
   private count = 0;
 
@@ -84,11 +88,18 @@ export class LogSink {
     this.count += 1;
     if (this.lines.length >= limits.maxLines || this.bytes >= limits.maxBytes) {
       this.flush();
-    } else if (!this.timer) {
-      this.timer = setTimeout(() => {
-        this.timer = null;
-        this.flush();
-      }, limits.flushMs);
+    } else if (!this.timer && !this.immediate) {
+      if (this.task.lastSeq === this.task.ackedSeq) {
+        this.immediate = setImmediate(() => {
+          this.immediate = null;
+          this.flush();
+        });
+      } else {
+        this.timer = setTimeout(() => {
+          this.timer = null;
+          this.flush();
+        }, limits.flushMs);
+      }
     }
   }
 
@@ -97,6 +108,10 @@ export class LogSink {
     if (this.timer) {
       clearTimeout(this.timer);
       this.timer = null;
+    }
+    if (this.immediate) {
+      clearImmediate(this.immediate);
+      this.immediate = null;
     }
     if (this.lines.length === 0) return;
     const lines = this.lines;

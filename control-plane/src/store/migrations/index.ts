@@ -4,6 +4,7 @@ import * as core from './0001-core.js';
 import * as engine from './0002-engine.js';
 import * as rings from './0003-rings.js';
 import * as engineSlots from './0004-engine-slots.js';
+import * as queueOrder from './0005-queue-order.js';
 
 type Up = (db: Kysely<any>, dialect: Dialect) => Promise<void>;
 
@@ -13,6 +14,7 @@ const ALL: Array<[string, Up]> = [
   ['0002-engine', engine.up],
   ['0003-rings', rings.up],
   ['0004-engine-slots', engineSlots.up],
+  ['0005-queue-order', queueOrder.up],
 ];
 
 export function migrationsFor(dialect: Dialect): Record<string, Migration> {
