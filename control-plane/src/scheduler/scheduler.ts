@@ -115,10 +115,13 @@ export class Scheduler implements ResultApplier {
     await this.insertTasks(trx, [t], seq, now, direct);
   }
 
-  /** Inserts tasks with queue sequences from `firstSeq` on; `direct` assigns the (single) task at once. */
-  private async insertTasks(trx: Executor, list: TaskInput[], firstSeq: number, now: number, direct?: DispatchTarget): Promise<void> {
+  /**
+   * Inserts tasks with queue sequences from `firstSeq` on; `direct` assigns the (single)
+   * task at once unless the account has tasks waiting. Returns whether it was assigned.
+   */
+  private async insertTasks(trx: Executor, list: TaskInput[], firstSeq: number, now: number, direct?: DispatchTarget): Promise<boolean> {
     const t0 = list[0];
-    if (!t0) return;
+    if (!t0) return false;
     if (direct) {
       // Direct dispatch (submit only): nothing of the account waits ahead, so the task is
       // written already assigned — one commit from submit to task.assign instead of two.
@@ -160,6 +163,7 @@ export class Scheduler implements ResultApplier {
       this.metrics.tasksQueued.inc({ kind: t.kind });
       if (t.executionId) this.logs.bindExecution(t.id, t.executionId);
     }
+    return direct !== undefined;
   }
 
   /** Enqueue in a transaction of its own and dispatch at once (benchmarks, simple callers). */
@@ -175,8 +179,7 @@ export class Scheduler implements ResultApplier {
       await this.store.writer.run(async (trx) => {
         queuedAt = this.clock.now();
         const seq = await nextSequence(trx, 'task_queue');
-        await this.insertTasks(trx, [t], seq, queuedAt, target);
-        if (target) assigned = (await trx.selectFrom('tasks').select('status').where('id', '=', t.id).executeTakeFirst())?.status === 'assigned';
+        assigned = await this.insertTasks(trx, [t], seq, queuedAt, target);
       });
     } finally {
       if (target && !assigned) this.inFlight.get(target.delegateId)?.delete(t.id);
