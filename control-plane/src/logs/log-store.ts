@@ -7,11 +7,12 @@
 import { EventEmitter } from 'node:events';
 import { sql } from 'kysely';
 import type { LogChunk, LogLine, TaskResult } from '@ferry/shared';
-import type { Store, Trx } from '../store/db.js';
+import type { Executor, Store } from '../store/db.js';
 import type { Clock } from '../clock.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
 import type { Bus } from '../store/bus.js';
+import type { AssignRow } from '../scheduler/claim.js';
 
 /** A stored line: [stream, epochMs, text]; stream 0 stdout, 1 stderr, 2 delegate/server note. */
 export type StoredLine = [0 | 1 | 2, number, string];
@@ -21,6 +22,9 @@ export interface StoredChunk {
   seq: number;
   lines: StoredLine[];
 }
+
+/** Log text per ingest commit (see flushLoop). */
+const MAX_BATCH_TEXT = 1 << 20;
 
 /** Server notes sort before (negative) or after (large) every delegate sequence. */
 const NOTE_BEFORE_BASE = -1_000_000_000;
@@ -45,9 +49,11 @@ export interface ResultApplier {
    * Applies a result inside the ingest transaction, recording `lastSeq` as the task's
    * last stored sequence; null when the task no longer runs on that delegate (refused).
    */
-  applyResult(trx: Trx, delegateId: string, frame: TaskResult, lastSeq: number): Promise<FinishedTask | null>;
-  /** Called after the commit that applied accepted results. */
-  afterResults(results: AcceptedResult[]): void;
+  applyResult(trx: Executor, delegateId: string, frame: TaskResult, lastSeq: number): Promise<FinishedTask | null>;
+  /** After the batch's results, in the same transaction: claims work for the slots they freed. */
+  refill(trx: Executor, finished: Array<{ delegateId: string; taskId: string }>): Promise<Map<string, AssignRow[]>>;
+  /** Called after the commit that applied accepted results, with what refill claimed. */
+  afterResults(results: AcceptedResult[], refills: Map<string, AssignRow[]>): void;
 }
 
 interface Staged {
@@ -58,6 +64,7 @@ interface Staged {
   published: StoredChunk[];
   acks: Map<Pending, number>;
   results: AcceptedResult[];
+  refills: Map<string, AssignRow[]>;
 }
 
 type Pending =
@@ -147,9 +154,16 @@ export class LogStore {
   private async flushLoop(): Promise<void> {
     try {
       while (this.pending.length > 0) {
-        const batch = this.pending;
-        this.pending = [];
-        await this.flush(batch);
+        // A commit holds the event loop while it writes (SQLite is synchronous), so a batch
+        // stops at about 1 MiB of log text: a burst of chunks is spread over several
+        // commits and everything else — other delegates, API readers — keeps moving.
+        let bytes = 0;
+        let n = 0;
+        while (n < this.pending.length && bytes < MAX_BATCH_TEXT) {
+          const p = this.pending[n++]!;
+          if (p.kind === 'chunk') for (const l of p.frame.lines) bytes += l.l.length + 16;
+        }
+        await this.flush(this.pending.splice(0, n));
       }
     } finally {
       this.flushing = false;
@@ -164,9 +178,9 @@ export class LogStore {
    * an item alone when its batch fails), so it only reads the caches and returns what to
    * change; flush() applies that once the commit returned.
    */
-  private async stage(trx: Trx, batch: Pending[]): Promise<Staged> {
+  private async stage(trx: Executor, batch: Pending[]): Promise<Staged> {
     const now = this.clock.now();
-    const st: Staged = { seqs: new Map(), execs: new Map(), published: [], acks: new Map(), results: [] };
+    const st: Staged = { seqs: new Map(), execs: new Map(), published: [], acks: new Map(), results: [], refills: new Map() };
     const last = (taskId: string): number | undefined => st.seqs.get(taskId) ?? this.lastSeq.get(taskId);
     const missing = [...new Set(batch.map((p) => (p.kind === 'note' ? p.taskId : p.frame.taskId)))].filter((t) => !this.lastSeq.has(t));
     for (let i = 0; i < missing.length; i += 500) {
@@ -237,6 +251,7 @@ export class LogStore {
     for (const t of touched) {
       await trx.updateTable('tasks').set({ last_seq: last(t)! }).where('id', '=', t).execute();
     }
+    if (st.results.length && this.applier) st.refills = await this.applier.refill(trx, st.results.map((r) => ({ delegateId: r.delegateId, taskId: r.frame.taskId })));
     return st;
   }
 
@@ -263,7 +278,7 @@ export class LogStore {
     }
     if (st.results.length) {
       for (const r of st.results) { this.lastSeq.delete(r.frame.taskId); this.executionOf.delete(r.frame.taskId); }
-      this.applier?.afterResults(st.results);
+      this.applier?.afterResults(st.results, st.refills);
     }
   }
 

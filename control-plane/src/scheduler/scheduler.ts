@@ -275,30 +275,70 @@ export class Scheduler implements ResultApplier {
     if (plan.size === 0) return;
 
     const now = this.clock.now();
-    const leaseExpiresAt = now + this.opts.leaseMs;
-    // The claim shares the writer's commit with accepts and results of the same tick.
+    // The claim shares the writer's commit with accepts and results of the same tick. The
+    // slots are checked again when it runs: a result's commit may have refilled them.
     const claimed = await this.store.writer.run(async (trx) => {
       const out = new Map<string, AssignRow[]>();
       for (const [delegateId, ids] of plan) {
         const t = this.targets.get(delegateId);
         if (!t) continue;
-        const got = await claimTasks(trx, this.store.dialect, ids, { delegateId, version: t.version, leaseExpiresAt, now });
+        const got = await this.claimFor(trx, t, ids.slice(0, Math.max(0, this.free(t))), now);
         if (got.length) out.set(delegateId, got);
       }
       return out;
     });
+    await this.sendClaimed(claimed, now);
+  }
+
+  /**
+   * Claims tasks for a delegate inside a writer item and takes its slots at once (given
+   * back if the transaction rolls back), so concurrent claims never overfill it.
+   */
+  private async claimFor(trx: Executor, t: DispatchTarget, ids: string[], now: number): Promise<AssignRow[]> {
+    if (ids.length === 0) return [];
+    const got = await claimTasks(trx, this.store.dialect, ids, { delegateId: t.delegateId, version: t.version, leaseExpiresAt: now + this.opts.leaseMs, now });
+    if (got.length === 0) return got;
+    let set = this.inFlight.get(t.delegateId);
+    if (!set) this.inFlight.set(t.delegateId, (set = new Set<string>()));
+    const held = set;
+    for (const g of got) held.add(g.id);
+    this.store.writer.onRollback(() => { for (const g of got) held.delete(g.id); });
+    return got;
+  }
+
+  /** After the claim's commit: task.assign to each delegate still connected. */
+  private async sendClaimed(claimed: Map<string, AssignRow[]>, now: number): Promise<void> {
     for (const [delegateId, got] of claimed) {
       const t = this.targets.get(delegateId);
-      const set = this.inFlight.get(delegateId) ?? new Set<string>();
-      this.inFlight.set(delegateId, set);
-      for (const g of got) set.add(g.id);
       if (!t) continue; // the session closed meanwhile: the lease will run out and requeue
       await this.sendAssignments(t, got, now);
     }
   }
 
+  /**
+   * ResultApplier: inside the commit that stores results, the slots they free are filled
+   * from the queue, so the acknowledgement and the next assignment share one commit.
+   */
+  async refill(trx: Executor, finished: Array<{ delegateId: string; taskId: string }>): Promise<Map<string, AssignRow[]>> {
+    const out = new Map<string, AssignRow[]>();
+    const freed = new Map<string, number>();
+    for (const f of finished) if (this.inFlight.get(f.delegateId)?.has(f.taskId)) freed.set(f.delegateId, (freed.get(f.delegateId) ?? 0) + 1);
+    const now = this.clock.now();
+    for (const [delegateId, n] of freed) {
+      const t = this.targets.get(delegateId);
+      if (!t?.accepting) continue;
+      const slots = Math.min(n, this.free(t) + n);
+      if (slots <= 0) continue;
+      const plan = new Map<string, string[]>();
+      await this.planAccount(t.accountId, slots, new Map([[delegateId, slots]]), plan, trx);
+      const got = await this.claimFor(trx, t, plan.get(delegateId) ?? [], now);
+      if (got.length) out.set(delegateId, got);
+    }
+    return out;
+  }
+
   /** Plans one account's queue onto its delegates' free slots (FIFO, least-loaded delegate first). */
-  private async planAccount(accountId: string, slots: number, free: Map<string, number>, plan: Map<string, string[]>): Promise<void> {
+  private async planAccount(accountId: string, slots: number, free: Map<string, number>, plan: Map<string, string[]>, db: Executor = this.store.db): Promise<void> {
     let total = slots;
     // Pick in memory: FIFO per account, least-loaded eligible delegate first. The queue is
     // read page by page in queue order, so tasks no connected delegate can take (selectors,
@@ -312,7 +352,7 @@ export class Scheduler implements ResultApplier {
     while (total > 0 && scanned < MAX_SCAN) {
       const PAGE = page;
       page = 1000;
-      let q = this.store.db.selectFrom('tasks')
+      let q = db.selectFrom('tasks')
         .select(['id', 'account_id', 'selectors', 'capabilities', 'queued_at', 'priority', 'queue_seq'])
         .where('status', '=', 'queued').where('account_id', '=', accountId);
       if (after) {
@@ -470,7 +510,7 @@ export class Scheduler implements ResultApplier {
   }
 
   /** assigned → running for accepts of the current attempt; returns the started tasks' executions. */
-  private async recordAccepts(trx: Trx, batch: PendingAccept[], now: number): Promise<Map<string, string | null>> {
+  private async recordAccepts(trx: Executor, batch: PendingAccept[], now: number): Promise<Map<string, string | null>> {
     const groups = new Map<string, { delegateId: string; attempt: number; ids: string[] }>();
     for (const a of batch) {
       const k = `${a.delegateId}\u0000${a.attempt}`;
@@ -508,7 +548,7 @@ export class Scheduler implements ResultApplier {
   }
 
   /** ResultApplier: inside the log store's commit, after every chunk before it. */
-  async applyResult(trx: Trx, delegateId: string, f: TaskResult, lastSeq: number): Promise<FinishedTask | null> {
+  async applyResult(trx: Executor, delegateId: string, f: TaskResult, lastSeq: number): Promise<FinishedTask | null> {
     const status = f.status === 'Succeeded' ? 'succeeded' : f.status === 'Canceled' ? 'canceled' : 'failed';
     const result = { status: f.status, exitCode: f.exitCode, error: f.error, outputs: f.outputs, startedAt: f.startedAt, finishedAt: f.finishedAt, data: f.data };
     const r = await trx.updateTable('tasks')
@@ -520,7 +560,8 @@ export class Scheduler implements ResultApplier {
     return { executionId: r.execution_id, kind: r.kind, delegateVersion: r.delegate_version, startedAt: r.started_at == null ? null : Number(r.started_at) };
   }
 
-  afterResults(results: AcceptedResult[]): void {
+  afterResults(results: AcceptedResult[], refills: Map<string, AssignRow[]>): void {
+    if (refills.size) void this.sendClaimed(refills, this.clock.now()).catch((err) => this.logger.error({ err }, 'sending assignments failed'));
     for (const { delegateId, frame: f, task } of results) {
       this.inFlight.get(delegateId)?.delete(f.taskId);
       this.refusedBy.delete(f.taskId);

@@ -47,15 +47,21 @@ export function openStore(url: string): Store {
     // The default page cache (2 MiB) is smaller than a busy queue's working set; past it
     // every statement rereads pages from the OS.
     sqlite.pragma('cache_size = -65536');
+    // Sorts and temporary indexes in memory, not in temporary files.
+    sqlite.pragma('temp_store = memory');
     const db = new Kysely<DB>({ dialect: new SqliteDialect({ database: cachedStatements(sqlite) }) });
-    return makeStore(db, 'sqlite', undefined, async () => {
+    const writer = new GroupCommit(db, file === ':memory:' ? {} : { walFile: `${path.resolve(file)}-wal` });
+    return makeStore(db, 'sqlite', writer, undefined, async () => {
+      await writer.close();
       await db.destroy();
     });
   }
   const pool = new pg.Pool({ connectionString: url, max: 10 });
   pool.on('error', () => { /* idle client errors surface on the next query */ });
   const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) });
-  return makeStore(db, 'postgres', pool, async () => {
+  const writer = new GroupCommit(db);
+  return makeStore(db, 'postgres', writer, pool, async () => {
+    await writer.close();
     await db.destroy();
   });
 }
@@ -87,13 +93,13 @@ function cachedStatements(sqlite: SQLite.Database, max = 500): SQLite.Database {
   return wrapper;
 }
 
-function makeStore(db: Kysely<DB>, dialect: Dialect, pgPool: pg.Pool | undefined, close: () => Promise<void>): Store {
+function makeStore(db: Kysely<DB>, dialect: Dialect, writer: GroupCommit, pgPool: pg.Pool | undefined, close: () => Promise<void>): Store {
   let migrated = false;
   return {
     db,
     dialect,
     pgPool,
-    writer: new GroupCommit(db),
+    writer,
     async migrate() {
       // Kysely's migrator takes a lock of its own (an advisory lock on PostgreSQL), so
       // several servers starting at once on one database migrate one at a time.

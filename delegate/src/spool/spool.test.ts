@@ -4,7 +4,7 @@ import { open } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { encodeFrame, type LogChunk, type TaskResult } from '@ferry/shared';
-import { Spool, fileNameFor, segmentFileName, type SpoolOptions } from './spool.js';
+import { FAIR_SHARE_BYTES, Spool, fileNameFor, segmentFileName, type SpoolOptions } from './spool.js';
 import { RecordType, ackPayload, crc32, encodeLegacyRecord, jsCrc32, jsonPayload, readSegRecords } from './records.js';
 import { spooledFrames, tempDir, waitFor } from '../testing.js';
 
@@ -215,6 +215,32 @@ describe('Spool', () => {
     await waiting;
     expect(roomy).toBe(true);
     expect(spool.full).toBe(false);
+  });
+
+  it('is fair: a task within its share writes on while a loud one waits, and wakes when its own acks free its share', async () => {
+    const spool = newSpool(200_000);
+    await spool.open();
+    const loud = spool.create({ taskId: 'loud', attempt: 1, startedAt: 1 });
+    const quiet = spool.create({ taskId: 'quiet', attempt: 1, startedAt: 1 });
+    while (!spool.full) loud.append(chunk('loud', 1, 'x'.repeat(4000)));
+    expect(loud.mustWait).toBe(true);
+    // the quiet task holds nothing: it is not held up by the loud one
+    expect(quiet.mustWait).toBe(false);
+    await expect(quiet.waitForRoom()).resolves.toBeUndefined();
+    // past its share, the quiet one waits too, until its own acknowledgement frees it,
+    // even though the spool stays full of the loud task's data
+    while (quiet.unackedBytes <= FAIR_SHARE_BYTES) quiet.append(chunk('quiet', 1, 'y'.repeat(4000)));
+    expect(quiet.mustWait).toBe(true);
+    let woke = false;
+    const waiting = quiet.waitForRoom().then(() => { woke = true; });
+    await new Promise((r) => setTimeout(r, 30));
+    expect(woke).toBe(false);
+    await quiet.settled();
+    quiet.ack(quiet.lastSeq);
+    await waiting;
+    expect(woke).toBe(true);
+    expect(spool.full).toBe(true);
+    expect(loud.mustWait).toBe(true);
   });
 
   it('group commit: frames of many tasks queued in one turn share one write and one fdatasync', async () => {

@@ -123,6 +123,13 @@ export interface SpoolStats {
   carriedForward: number;
 }
 
+/**
+ * A task holding no more than this unacknowledged may write even while the spool is
+ * full, so a quiet step is never held up by a loud one (its lines stay live); the bound
+ * is exceeded by at most this much per running task.
+ */
+export const FAIR_SHARE_BYTES = 64 << 10;
+
 export class TaskSpool {
   readonly key: string;
   /** highest sequence assigned */
@@ -157,6 +164,8 @@ export class TaskSpool {
   private readonly entries: SpoolEntry[] = [];
   /** bytes of the entries */
   private entryBytes = 0;
+  /** producers waiting for this task's share to free (waitForRoom) */
+  private shareWaiters: Array<() => void> = [];
 
   constructor(
     private readonly spool: Spool,
@@ -197,6 +206,29 @@ export class TaskSpool {
   }
   get pendingEntries(): number {
     return this.entries.length;
+  }
+
+  /** Whether this task's producer must wait: the spool is full and the task holds more than its fair share. */
+  get mustWait(): boolean {
+    return this.spool.full && this.entryBytes > FAIR_SHARE_BYTES;
+  }
+
+  /** Resolves when this task may write again (room in the spool, or its share freed). */
+  waitForRoom(signal?: AbortSignal): Promise<void> {
+    if (!this.mustWait || signal?.aborted) return Promise.resolve();
+    return new Promise((resolve) => {
+      const ac = new AbortController();
+      const done = (): void => {
+        signal?.removeEventListener('abort', done);
+        this.shareWaiters = this.shareWaiters.filter((w) => w !== done);
+        ac.abort();
+        resolve();
+      };
+      this.shareWaiters.push(done);
+      signal?.addEventListener('abort', done, { once: true });
+      // whichever comes first: room in the spool, or this task's share freed (ack)
+      void this.spool.waitForRoom(ac.signal).then(done);
+    });
   }
 
   /** @internal whether recovery needs this attempt's records (it keeps its segments) */
@@ -256,6 +288,7 @@ export class TaskSpool {
     if (n > 0) this.entries.splice(0, n);
     this.entryBytes -= freed;
     if (freed > 0) this.spool.adjustBytes(-freed);
+    if (this.shareWaiters.length > 0 && this.entryBytes <= FAIR_SHARE_BYTES) for (const w of [...this.shareWaiters]) w();
     // An ack record needs no fdatasync of its own: losing one only means a resend,
     // and the server keeps chunks by (task, seq).
     this.spool.enqueue(this, RecordType.Ack, ackPayload(upTo), 0);

@@ -53,13 +53,16 @@ export class LogSink {
     return this.count;
   }
 
-  /** True while the spool is full: the producer should stop reading until waitForRoom. */
+  /**
+   * True while the spool is full and this task holds more than its fair share: the
+   * producer should stop reading until waitForRoom. A task writing little never pauses.
+   */
   get shouldPause(): boolean {
-    return this.spool.full;
+    return this.task.mustWait;
   }
 
   waitForRoom(signal?: AbortSignal): Promise<void> {
-    return this.spool.waitForRoom(signal);
+    return this.task.waitForRoom(signal);
   }
 
   line(stream: Stream, text: string): void {
