@@ -208,11 +208,13 @@ export class Gateway extends EventEmitter {
           s.send({ type: 'log.ack', taskId: f.taskId, attempt: f.attempt, seq: f.seq, done: true });
           return;
         }
-        // Stored, or refused because the server already ended the task: either way the
-        // delegate may forget it.
+        // Stored, or refused because the server already ended the task (-1): either way the
+        // delegate may forget it. Not taken while a chunk before it is missing: the ack
+        // stays at the last stored chunk and the result is resent after the reconnect.
         const accepted = s.accepts.get(f.taskId) ?? Promise.resolve();
-        const p = accepted.then(() => deps.logs.submitResult(s.delegateId, f)).then(() => {
-          s.send({ type: 'log.ack', taskId: f.taskId, attempt: f.attempt, seq: f.seq, done: true });
+        const p = accepted.then(() => deps.logs.submitResult(s.delegateId, f)).then((seq) => {
+          if (seq === -1 || seq >= f.seq) s.send({ type: 'log.ack', taskId: f.taskId, attempt: f.attempt, seq: f.seq, done: true });
+          else s.send({ type: 'log.ack', taskId: f.taskId, attempt: f.attempt, seq });
         }, (err) => this.storeFailed(s, err, f.taskId, 'result'));
         await s.track(p);
       },

@@ -19,6 +19,12 @@ export async function actingAccount(ctx: AppContext, p: Principal, name?: string
   return acc;
 }
 
+/** The acting account's id: the token's own needs no lookup (hot paths such as task submission). */
+export async function actingAccountId(ctx: AppContext, p: Principal, name?: string): Promise<string> {
+  if (!name || name === p.account) return p.accountId;
+  return (await actingAccount(ctx, p, name)).id;
+}
+
 export const NameSchema = { type: 'string', pattern: '^[a-z0-9][a-z0-9-_]*$', maxLength: 100 } as const;
 export const ErrorSchema = {
   type: 'object',

@@ -6,7 +6,7 @@ import type { FastifyPluginAsync } from 'fastify';
 import { FerryError, newId, parseDuration, type TaskSpec } from '@ferry/shared';
 import { principal, type PluginOpts } from './app.js';
 import { requireRole } from './auth.js';
-import { actingAccount, NameSchema } from './common.js';
+import { actingAccountId, NameSchema } from './common.js';
 import type { TaskInput } from '../scheduler/types.js';
 import { fromJson } from '../store/db.js';
 
@@ -60,8 +60,8 @@ export const taskRoutes: FastifyPluginAsync<PluginOpts> = async (app, { ctx }) =
   }, async (req, reply) => {
     const p = principal(req);
     requireRole(p, 'admin');
-    const acc = await actingAccount(ctx, p, req.body.account);
-    const inputs = req.body.tasks.map((b, i) => toInput(b, acc.id, `tasks/${i}/`));
+    const accountId = await actingAccountId(ctx, p, req.body.account);
+    const inputs = req.body.tasks.map((b, i) => toInput(b, accountId, `tasks/${i}/`));
     await ctx.scheduler.submitMany(inputs);
     return reply.code(201).send({ ids: inputs.map((t) => t.id) });
   });
@@ -74,8 +74,7 @@ export const taskRoutes: FastifyPluginAsync<PluginOpts> = async (app, { ctx }) =
   }, async (req, reply) => {
     const p = principal(req);
     requireRole(p, 'admin');
-    const acc = await actingAccount(ctx, p, req.body.account);
-    const input = toInput(req.body, acc.id);
+    const input = toInput(req.body, await actingAccountId(ctx, p, req.body.account));
     await ctx.scheduler.submit(input);
     const id = input.id;
     return reply.code(201).send({ id });

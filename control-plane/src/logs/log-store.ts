@@ -82,6 +82,8 @@ export class LogStore {
   private readonly executionOf = new Map<string, string | null>();
   private applier: ResultApplier | null = null;
   private idle: Array<() => void> = [];
+  /** batches committed and waiting for their sync */
+  private syncing = 0;
   private bus: Bus | null = null;
 
   constructor(
@@ -142,8 +144,15 @@ export class LogStore {
 
   /** Resolves when everything submitted so far is durable. */
   drain(): Promise<void> {
-    if (!this.flushing && this.pending.length === 0) return Promise.resolve();
+    if (!this.flushing && this.pending.length === 0 && this.syncing === 0) return Promise.resolve();
     return new Promise((r) => this.idle.push(r));
+  }
+
+  private maybeIdle(): void {
+    if (this.flushing || this.pending.length > 0 || this.syncing > 0) return;
+    const idle = this.idle;
+    this.idle = [];
+    for (const r of idle) r();
   }
 
   async close(): Promise<void> {
@@ -167,9 +176,7 @@ export class LogStore {
       }
     } finally {
       this.flushing = false;
-      const idle = this.idle;
-      this.idle = [];
-      for (const r of idle) r();
+      this.maybeIdle();
     }
   }
 
@@ -237,6 +244,9 @@ export class LogStore {
       const f = p.frame;
       const prev = last(f.taskId);
       if (prev === undefined) { st.acks.set(p, -1); continue; }
+      // A result ends the log: it is taken only once every chunk before it is stored
+      // (one that failed to store is resent after the reconnect, then the result again).
+      if (f.seq > prev + 1) { st.acks.set(p, prev); continue; }
       if (!this.applier) throw new Error('no result applier');
       // The result's update also records the task's last sequence.
       const seq = Math.max(prev, f.seq);
@@ -255,17 +265,31 @@ export class LogStore {
     return st;
   }
 
-  private async flush(batch: Pending[]): Promise<void> {
-    let st: Staged;
-    try {
-      st = await this.store.writer.run((trx) => this.stage(trx, batch));
-    } catch (err) {
-      this.logger.error({ err }, 'log store commit failed');
-      for (const p of batch) p.reject(err as Error);
-      return;
-    }
-    for (const [t, seq] of st.seqs) this.lastSeq.set(t, seq);
-    for (const [t, e] of st.execs) this.executionOf.set(t, e);
+  /**
+   * Commits a batch and resolves once it is committed; the next batch may be staged while
+   * this one's sync runs. Acknowledgements, live tails and results follow the sync.
+   */
+  private flush(batch: Pending[]): Promise<void> {
+    return new Promise<void>((committed) => {
+      this.syncing++;
+      this.store.writer.run((trx) => this.stage(trx, batch), (st) => {
+        // the next batch must see what this one stored
+        for (const [t, seq] of st.seqs) this.lastSeq.set(t, seq);
+        for (const [t, e] of st.execs) this.executionOf.set(t, e);
+        committed();
+      }).then((st) => this.finish(batch, st), (err: unknown) => {
+        this.logger.error({ err }, 'log store commit failed');
+        for (const p of batch) p.reject(err as Error);
+        committed();
+      }).finally(() => {
+        this.syncing--;
+        this.maybeIdle();
+      });
+    });
+  }
+
+  /** After the batch is durable: acknowledge, publish to live tails, hand results on. */
+  private finish(batch: Pending[], st: Staged): void {
     let lineCount = 0;
     for (const c of st.published) lineCount += c.lines.length;
     this.metrics.logLinesStored.inc(lineCount);

@@ -50,7 +50,11 @@ export function openStore(url: string): Store {
     // Sorts and temporary indexes in memory, not in temporary files.
     sqlite.pragma('temp_store = memory');
     const db = new Kysely<DB>({ dialect: new SqliteDialect({ database: cachedStatements(sqlite) }) });
-    const writer = new GroupCommit(db, file === ':memory:' ? {} : { walFile: `${path.resolve(file)}-wal` });
+    const writer = new GroupCommit(db, file === ':memory:' ? {} : {
+      walFile: `${path.resolve(file)}-wal`,
+      // the writer holds Kysely's only connection while it calls this
+      setSynchronous: (mode) => { sqlite.pragma(`synchronous = ${mode}`); },
+    });
     return makeStore(db, 'sqlite', writer, undefined, async () => {
       await writer.close();
       await db.destroy();

@@ -24,12 +24,19 @@ import type { DB } from './schema.js';
 /** What an item may run its statements on: the writer's connection, inside its transaction. */
 export type WriterTrx = Kysely<DB>;
 
-type Item = { fn: (trx: WriterTrx) => Promise<unknown>; resolve: (v: unknown) => void; reject: (e: unknown) => void };
+type Item = {
+  fn: (trx: WriterTrx) => Promise<unknown>;
+  onCommit: ((v: unknown) => void) | undefined;
+  resolve: (v: unknown) => void;
+  reject: (e: unknown) => void;
+};
 type Settle = { ok: () => void; fail: (err: unknown) => void };
 
 export interface GroupCommitOptions {
   /** SQLite: the database file's WAL, synced off the event loop (absent for :memory: and PostgreSQL) */
   walFile?: string;
+  /** SQLite: sets `synchronous` on the connection directly (no statement round trip) */
+  setSynchronous?: (mode: 'normal' | 'full') => void;
   maxBatch?: number;
 }
 
@@ -52,9 +59,14 @@ export class GroupCommit {
     this.maxBatch = opts.maxBatch ?? 1000;
   }
 
-  run<T>(fn: (trx: WriterTrx) => Promise<T>): Promise<T> {
+  /**
+   * Runs fn in the next batch. The promise resolves once the commit is durable;
+   * `onCommit` runs as soon as it is committed (visible to later statements, not yet
+   * synced), for in-memory state that the next batch must see.
+   */
+  run<T>(fn: (trx: WriterTrx) => Promise<T>, onCommit?: (v: T) => void): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      this.pending.push({ fn: fn as (trx: WriterTrx) => Promise<unknown>, resolve: resolve as (v: unknown) => void, reject });
+      this.pending.push({ fn: fn as (trx: WriterTrx) => Promise<unknown>, onCommit: onCommit as ((v: unknown) => void) | undefined, resolve: resolve as (v: unknown) => void, reject });
       if (!this.running) {
         this.running = true;
         setImmediate(() => void this.loop());
@@ -93,12 +105,14 @@ export class GroupCommit {
             for (const it of batch) results.push(await it.fn(trx));
           });
           this.commits++;
+          batch.forEach((it, i) => it.onCommit?.(results[i]));
           this.afterCommit(() => batch.forEach((it, i) => it.resolve(results[i])), (err) => batch.forEach((it) => it.reject(err)));
         } catch {
           for (const it of batch) {
             try {
               let r: unknown;
               await this.transaction(async (trx) => { r = await it.fn(trx); });
+              it.onCommit?.(r);
               this.afterCommit(() => it.resolve(r), (err) => it.reject(err));
             } catch (err) {
               it.reject(err);
@@ -132,7 +146,11 @@ export class GroupCommit {
     // One reserved connection: nothing else runs between the pragma, the transaction and
     // the pragma's reset.
     await this.db.connection().execute(async (conn) => {
-      await sql`pragma synchronous = normal`.execute(conn);
+      const setSync = async (mode: 'normal' | 'full'): Promise<void> => {
+        if (this.opts.setSynchronous) this.opts.setSynchronous(mode);
+        else await sql.raw(`pragma synchronous = ${mode}`).execute(conn);
+      };
+      await setSync('normal');
       try {
         await sql`begin`.execute(conn);
         try {
@@ -143,7 +161,7 @@ export class GroupCommit {
           throw err;
         }
       } finally {
-        await sql`pragma synchronous = full`.execute(conn);
+        await setSync('full');
       }
     });
   }

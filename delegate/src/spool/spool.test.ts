@@ -4,7 +4,7 @@ import { open } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { encodeFrame, type LogChunk, type TaskResult } from '@ferry/shared';
-import { FAIR_SHARE_BYTES, Spool, fileNameFor, segmentFileName, type SpoolOptions } from './spool.js';
+import { FAIR_SHARE_BYTES, TASK_BACKLOG_BYTES, Spool, fileNameFor, segmentFileName, type SpoolOptions } from './spool.js';
 import { RecordType, ackPayload, crc32, encodeLegacyRecord, jsCrc32, jsonPayload, readSegRecords } from './records.js';
 import { spooledFrames, tempDir, waitFor } from '../testing.js';
 
@@ -241,6 +241,24 @@ describe('Spool', () => {
     expect(woke).toBe(true);
     expect(spool.full).toBe(true);
     expect(loud.mustWait).toBe(true);
+  });
+
+  it('paces a task past its backlog even with room in the spool, until its acknowledgements catch up', async () => {
+    const spool = newSpool(64 << 20);
+    await spool.open();
+    const t = spool.create({ taskId: 'fast', attempt: 1, startedAt: 1 });
+    while (t.unackedBytes <= TASK_BACKLOG_BYTES) t.append(chunk('fast', 1, 'z'.repeat(16_000)));
+    expect(spool.full).toBe(false);
+    expect(t.mustWait).toBe(true);
+    let woke = false;
+    const waiting = t.waitForRoom().then(() => { woke = true; });
+    await new Promise((r) => setTimeout(r, 30));
+    expect(woke).toBe(false);
+    await t.settled();
+    t.ack(t.lastSeq - 2);
+    await waiting;
+    expect(woke).toBe(true);
+    expect(t.mustWait).toBe(false);
   });
 
   it('group commit: frames of many tasks queued in one turn share one write and one fdatasync', async () => {

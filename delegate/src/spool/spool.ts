@@ -96,7 +96,15 @@ export interface PendingRecord {
   payload: Uint8Array;
   /** the frame's sequence, 0 for other records */
   seq: number;
+  /** order of queueing (the writer's queue only) */
+  id?: number;
 }
+
+/**
+ * A writer batch stops at about this many bytes, so one batch's fdatasync stays short.
+ * Tasks with little queued go first, whole (see takeBatch).
+ */
+const BATCH_BYTES = 1 << 20;
 
 interface Segment {
   id: number;
@@ -129,6 +137,14 @@ export interface SpoolStats {
  * is exceeded by at most this much per running task.
  */
 export const FAIR_SHARE_BYTES = 64 << 10;
+
+/**
+ * A task's producer also waits once the task holds this much unacknowledged, even with
+ * room in the spool: a step printing faster than the server stores reads its pipe at the
+ * pace of the acknowledgements instead of flooding the delegate (whose event loop then
+ * serves every other task late). The spool's whole bound still buffers disconnects.
+ */
+export const TASK_BACKLOG_BYTES = 1 << 20;
 
 export class TaskSpool {
   readonly key: string;
@@ -210,25 +226,26 @@ export class TaskSpool {
 
   /** Whether this task's producer must wait: the spool is full and the task holds more than its fair share. */
   get mustWait(): boolean {
-    return this.spool.full && this.entryBytes > FAIR_SHARE_BYTES;
+    return (this.spool.full && this.entryBytes > FAIR_SHARE_BYTES) || this.entryBytes > TASK_BACKLOG_BYTES;
   }
 
-  /** Resolves when this task may write again (room in the spool, or its share freed). */
-  waitForRoom(signal?: AbortSignal): Promise<void> {
-    if (!this.mustWait || signal?.aborted) return Promise.resolve();
-    return new Promise((resolve) => {
-      const ac = new AbortController();
-      const done = (): void => {
-        signal?.removeEventListener('abort', done);
-        this.shareWaiters = this.shareWaiters.filter((w) => w !== done);
-        ac.abort();
-        resolve();
-      };
-      this.shareWaiters.push(done);
-      signal?.addEventListener('abort', done, { once: true });
-      // whichever comes first: room in the spool, or this task's share freed (ack)
-      void this.spool.waitForRoom(ac.signal).then(done);
-    });
+  /** Resolves when this task may write again (room in the spool, or its own acknowledgements freed its share). */
+  async waitForRoom(signal?: AbortSignal): Promise<void> {
+    while (this.mustWait && !signal?.aborted) {
+      await new Promise<void>((resolve) => {
+        const ac = new AbortController();
+        const done = (): void => {
+          signal?.removeEventListener('abort', done);
+          this.shareWaiters = this.shareWaiters.filter((w) => w !== done);
+          ac.abort();
+          resolve();
+        };
+        this.shareWaiters.push(done);
+        signal?.addEventListener('abort', done, { once: true });
+        // room in the spool may be enough; the loop checks again
+        if (this.spool.full) void this.spool.waitForRoom(ac.signal).then(done);
+      });
+    }
   }
 
   /** @internal whether recovery needs this attempt's records (it keeps its segments) */
@@ -288,7 +305,7 @@ export class TaskSpool {
     if (n > 0) this.entries.splice(0, n);
     this.entryBytes -= freed;
     if (freed > 0) this.spool.adjustBytes(-freed);
-    if (this.shareWaiters.length > 0 && this.entryBytes <= FAIR_SHARE_BYTES) for (const w of [...this.shareWaiters]) w();
+    if (this.shareWaiters.length > 0 && !this.mustWait) for (const w of [...this.shareWaiters]) w();
     // An ack record needs no fdatasync of its own: losing one only means a resend,
     // and the server keeps chunks by (task, seq).
     this.spool.enqueue(this, RecordType.Ack, ackPayload(upTo), 0);
@@ -372,8 +389,9 @@ export class Spool extends EventEmitter {
   private writing: Promise<void> | null = null;
   /** records queued and records handled, ever: settle() waits for the second to reach the first */
   private queuedCount = 0;
-  private handledCount = 0;
-  private settlers: Array<() => void> = [];
+  /** the batch being written */
+  private inFlight: PendingRecord[] = [];
+  private settlers: Array<{ upTo: number; resolve: () => void }> = [];
   /** the segments of this log, ascending by id; the last is the current one while it is open */
   private segments: Segment[] = [];
   private current: Segment | null = null;
@@ -632,15 +650,15 @@ export class Spool extends EventEmitter {
 
   /** @internal Queues a record; the writer takes everything queued in this turn as one batch. */
   enqueue(task: TaskSpool, type: RecordType, payload: Uint8Array, seq: number): void {
-    this.queue.push({ task, type, payload, seq });
-    this.queuedCount++;
+    this.queue.push({ task, type, payload, seq, id: ++this.queuedCount });
     if (!this.writing) this.kick();
   }
 
   /** @internal Resolves when every record queued so far has been written (or given up on). */
   async settle(): Promise<void> {
-    const target = this.queuedCount;
-    while (this.handledCount < target) await new Promise<void>((resolve) => this.settlers.push(resolve));
+    const upTo = this.queuedCount;
+    if (this.oldestPending() > upTo) return;
+    await new Promise<void>((resolve) => this.settlers.push({ upTo, resolve }));
   }
 
   private kick(): void {
@@ -656,19 +674,74 @@ export class Spool extends EventEmitter {
 
   private async drain(): Promise<void> {
     while (this.queue.length > 0) {
-      const batch = this.queue;
-      this.queue = [];
+      const batch = this.takeBatch();
+      this.inFlight = batch;
       try {
         await this.writeBatch(batch);
       } catch (err) {
         this.logger?.error({ err: (err as Error).message }, 'spool writer failed');
       } finally {
-        this.handledCount += batch.length;
-        const settlers = this.settlers;
+        this.inFlight = [];
+        const oldest = this.oldestPending();
+        const waiting = this.settlers;
         this.settlers = [];
-        for (const s of settlers) s();
+        for (const st of waiting) {
+          if (st.upTo < oldest) st.resolve();
+          else this.settlers.push(st);
+        }
       }
     }
+  }
+
+  /** Queue id of the oldest record not yet handled (Infinity if none). */
+  private oldestPending(): number {
+    let min = Infinity;
+    for (const p of this.queue) if (p.id! < min) min = p.id!;
+    for (const p of this.inFlight) if (p.id! < min) min = p.id!;
+    return min;
+  }
+
+  /**
+   * The next batch: every record of tasks with little queued (a quiet step's line is not
+   * written behind megabytes of a loud one's), then the oldest of the rest up to
+   * BATCH_BYTES. A task's records always keep their order; tasks need no order between them.
+   */
+  private takeBatch(): PendingRecord[] {
+    const queued = new Map<TaskSpool, number>();
+    let total = 0;
+    for (const p of this.queue) {
+      queued.set(p.task, (queued.get(p.task) ?? 0) + p.payload.length);
+      total += p.payload.length;
+    }
+    if (total <= BATCH_BYTES) {
+      const all = this.queue;
+      this.queue = [];
+      return all;
+    }
+    const batch: PendingRecord[] = [];
+    const rest: PendingRecord[] = [];
+    let bytes = 0;
+    for (const p of this.queue) {
+      if (queued.get(p.task)! <= FAIR_SHARE_BYTES) {
+        batch.push(p);
+        bytes += p.payload.length;
+      }
+    }
+    const held = new Set<TaskSpool>();
+    for (const p of this.queue) {
+      if (queued.get(p.task)! <= FAIR_SHARE_BYTES) continue;
+      if (held.has(p.task) || (bytes >= BATCH_BYTES && batch.length > 0)) {
+        held.add(p.task);
+        rest.push(p);
+        continue;
+      }
+      batch.push(p);
+      bytes += p.payload.length;
+    }
+    this.queue = rest;
+    // the write keeps queue order within each task; restore it across tasks too
+    batch.sort((a, b) => a.id! - b.id!);
+    return batch;
   }
 
   private async writeBatch(batch: PendingRecord[]): Promise<void> {

@@ -1,7 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Masker, type LogChunk } from '@ferry/shared';
 import { Spool } from '../spool/spool.js';
-import { LogSink, chunkLimits, type ChunkLimits } from './log-sink.js';
+import { IMMEDIATE_IN_FLIGHT, LogSink, chunkLimits, type ChunkLimits } from './log-sink.js';
 import { LineSplitter } from './lines.js';
 import { spooledFrames, tempDir } from '../testing.js';
 
@@ -48,30 +48,35 @@ describe('LogSink chunk batching', () => {
     expect(chunks.flatMap((c) => c.lines).filter((l) => l.s === 1)).toHaveLength(20);
   });
 
-  it('sends the lines of a quiet task at once, and batches for flushMs while a chunk is unacknowledged', async () => {
+  it('sends lines at once while few chunks are unacknowledged, and batches for flushMs past that', async () => {
     const { task, sink: s } = sink({ maxLines: 1000, maxBytes: 1 << 20, flushMs: 150 });
     s.line(0, 'first');
     s.line(0, 'second');
     expect(task.lastSeq).toBe(0);
-    // nothing in flight: the lines of this tick form a chunk on the next turn of the loop
+    // the lines of this tick form one chunk on the next turn of the loop
     await new Promise((r) => setImmediate(r));
     expect(task.lastSeq).toBe(1);
-    // chunk 1 is not acknowledged: the next lines wait for the flush timer
-    s.line(0, 'third');
+    for (let i = 2; i <= IMMEDIATE_IN_FLIGHT; i++) {
+      s.line(0, `line ${i}`);
+      await new Promise((r) => setImmediate(r));
+      expect(task.lastSeq).toBe(i);
+    }
+    // IMMEDIATE_IN_FLIGHT chunks are unacknowledged: the next lines wait for the flush timer
+    s.line(0, 'batched');
     await new Promise((r) => setTimeout(r, 40));
-    expect(task.lastSeq).toBe(1);
+    expect(task.lastSeq).toBe(IMMEDIATE_IN_FLIGHT);
     await new Promise((r) => setTimeout(r, 200));
-    expect(task.lastSeq).toBe(2);
-    // all acknowledged: quiet again, so the next line goes at once
+    expect(task.lastSeq).toBe(IMMEDIATE_IN_FLIGHT + 1);
+    // all acknowledged: the next line goes at once again
     await task.settled();
-    task.ack(2);
-    s.line(0, 'fourth');
+    task.ack(task.lastSeq);
+    s.line(0, 'after the acks');
     await new Promise((r) => setImmediate(r));
-    expect(task.lastSeq).toBe(3);
+    expect(task.lastSeq).toBe(IMMEDIATE_IN_FLIGHT + 2);
     s.close();
     await task.settled();
     const chunks = spooledFrames(task) as LogChunk[];
-    expect(chunks.map((c) => c.lines.map((l) => l.l))).toEqual([['fourth']]);
+    expect(chunks.map((c) => c.lines.map((l) => l.l))).toEqual([['after the acks']]);
   });
 
   it('masks secrets before anything is spooled', async () => {

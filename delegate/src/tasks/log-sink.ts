@@ -1,9 +1,9 @@
 /**
  * A task's log: lines are masked, timestamped and batched into log.chunk frames bounded
  * by time and size (lines and bytes), each appended to the task's spool. Batching adapts
- * to the pipeline: when nothing of the task waits for an acknowledgement, the lines of
- * this tick go out at once (a person tailing a quiet step sees each line promptly);
- * while earlier chunks are still in flight, lines gather for up to flushMs.
+ * to the pipeline: while fewer than IMMEDIATE_IN_FLIGHT of the task's chunks wait for an
+ * acknowledgement, the lines of this tick go out at once (a person tailing a step sees
+ * each line promptly, also under load); past that, lines gather for up to flushMs.
  */
 import type { LogLine, Masker } from '@ferry/shared';
 import type { Spool, TaskSpool } from '../spool/spool.js';
@@ -26,6 +26,9 @@ export function chunkLimits(limits: { maxFrameBytes: number; maxChunkLines: numb
 
 /** Longest line in characters that fits a chunk even as 3-byte UTF-8. */
 export const maxLineChars = (l: ChunkLimits): number => Math.max(64, Math.min(1 << 20, Math.floor((l.maxBytes - 256) / 3)));
+
+/** Chunks of a task that may be unacknowledged before its lines are batched by time. */
+export const IMMEDIATE_IN_FLIGHT = 4;
 
 /** msgpack overhead of one line map {s, t, l} */
 const LINE_OVERHEAD = 24;
@@ -92,7 +95,7 @@ export class LogSink {
     if (this.lines.length >= limits.maxLines || this.bytes >= limits.maxBytes) {
       this.flush();
     } else if (!this.timer && !this.immediate) {
-      if (this.task.lastSeq === this.task.ackedSeq) {
+      if (this.task.lastSeq - this.task.ackedSeq < IMMEDIATE_IN_FLIGHT) {
         this.immediate = setImmediate(() => {
           this.immediate = null;
           this.flush();
