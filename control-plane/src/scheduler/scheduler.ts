@@ -8,7 +8,7 @@
  */
 import { newId, type TaskAssign, type TaskFailure, type TaskResult, type TaskSpec } from '@ferry/shared';
 import type { Store, Trx, Executor } from '../store/db.js';
-import { fromJson, nextSequence, toJson, unindexed } from '../store/db.js';
+import { fromJson, isAssigned, isQueued, nextSequence, toJson, unindexed } from '../store/db.js';
 import type { Clock } from '../clock.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
@@ -125,7 +125,7 @@ export class Scheduler implements ResultApplier {
     if (direct) {
       // Direct dispatch (submit only): nothing of the account waits ahead, so the task is
       // written already assigned — one commit from submit to task.assign instead of two.
-      const ahead = await trx.selectFrom('tasks').select('id').where('status', '=', 'queued').where('account_id', '=', t0.accountId).limit(1).executeTakeFirst();
+      const ahead = await trx.selectFrom('tasks').select('id').where(isQueued).where('account_id', '=', t0.accountId).limit(1).executeTakeFirst();
       if (ahead) direct = undefined;
     }
     const rows = list.map((t, i) => ({
@@ -346,7 +346,7 @@ export class Scheduler implements ResultApplier {
     const MAX_SCAN = 50_000;
     // The first page is sized to the free slots (most passes fill them from it); later
     // pages, needed only when the head of the queue is ineligible, are larger.
-    let page = Math.min(1000, total * 4 + 16);
+    let page = Math.min(1000, total * 2 + 8);
     let scanned = 0;
     let after: { priority: number; seq: number } | null = null;
     while (total > 0 && scanned < MAX_SCAN) {
@@ -354,7 +354,7 @@ export class Scheduler implements ResultApplier {
       page = 1000;
       let q = db.selectFrom('tasks')
         .select(['id', 'account_id', 'selectors', 'capabilities', 'queued_at', 'priority', 'queue_seq'])
-        .where('status', '=', 'queued').where('account_id', '=', accountId);
+        .where(isQueued).where('account_id', '=', accountId);
       if (after) {
         const a = after;
         q = q.where((eb) => eb.or([eb('priority', '<', a.priority), eb.and([eb('priority', '=', a.priority), eb('queue_seq', '>', a.seq)])]));
@@ -638,7 +638,7 @@ export class Scheduler implements ResultApplier {
     const now = this.clock.now();
     const expired = await this.store.db.updateTable('tasks')
       .set((eb) => ({ status: 'queued', delegate_id: null, delegate_version: null, lease_expires_at: null, attempt: eb('attempt', '+', 1) }))
-      .where('status', '=', 'assigned').where('lease_expires_at', '<', now)
+      .where(isAssigned).where('lease_expires_at', '<', now)
       .returning(['id', 'delegate_id']).execute();
     for (const e of expired) {
       if (e.delegate_id) this.inFlight.get(e.delegate_id)?.delete(e.id);
@@ -647,7 +647,7 @@ export class Scheduler implements ResultApplier {
     if (expired.length) this.wake();
 
     const timedOut = (await this.store.db.selectFrom('tasks').select('id')
-      .where('status', '=', 'queued')
+      .where(isQueued)
       .where((eb) => eb(eb('queued_at', '+', eb.ref('queue_timeout_ms')), '<', now))
       .execute()).map((r) => r.id);
     if (timedOut.length) {
@@ -678,7 +678,7 @@ export class Scheduler implements ResultApplier {
     const t = await db.selectFrom('tasks').select(['account_id', 'status', 'priority', 'queue_seq', 'selectors', 'capabilities', 'kind']).where('id', '=', taskId).executeTakeFirst();
     if (!t || (t.status !== 'queued' && t.status !== 'assigned')) return null;
     const ahead = await db.selectFrom('tasks').select((eb) => eb.fn.countAll<number>().as('n'))
-      .where('account_id', '=', t.account_id).where('status', '=', 'queued')
+      .where('account_id', '=', t.account_id).where(isQueued)
       .where((eb) => eb.or([eb('priority', '>', t.priority), eb.and([eb('priority', '=', t.priority), eb('queue_seq', '<', t.queue_seq)])]))
       .executeTakeFirst();
     const position = Number(ahead?.n ?? 0) + 1;

@@ -5,7 +5,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { Kysely, Migrator, PostgresDialect, SqliteDialect, sql, type Transaction } from 'kysely';
+import { Kysely, Migrator, PostgresDialect, SqliteDialect, sql, type SqlBool, type Transaction } from 'kysely';
 import SQLite from 'better-sqlite3';
 import pg from 'pg';
 import type { DB } from './schema.js';
@@ -144,6 +144,14 @@ async function runMigrations(db: Kysely<DB>, dialect: Dialect): Promise<void> {
  * wrapping the column keeps it on the primary key. Plain SQL, so PostgreSQL takes it too.
  */
 export const unindexed = (column: 'status' | 'delegate_id') => sql<string>`(${sql.ref(column)} || '')`;
+
+/**
+ * `status = 'queued'` written literally, so the planner may use the partial queue index
+ * (migration 0005); a bound parameter would not match the index's condition.
+ */
+export const isQueued = sql<SqlBool>`status = 'queued'`;
+/** `status = 'assigned'` literally, for the partial lease index (migration 0005). */
+export const isAssigned = sql<SqlBool>`status = 'assigned'`;
 
 /** JSON helpers for text columns. */
 export const toJson = (v: unknown): string => JSON.stringify(v);
