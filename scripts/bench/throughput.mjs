@@ -1,6 +1,6 @@
 // Dispatch throughput: noop tasks per second end to end (queued → result stored) through
 // one ferry server on SQLite with 4 delegate processes. N tasks (BENCH_THROUGHPUT_N,
-// default 10,000; fewer if submitting takes longer than BENCH_THROUGHPUT_SUBMIT_MS, 60 s)
+// default 20,000 — at 10,000 the start and the submission phase weigh enough that the same build measures 1.0–1.15x; fewer if submitting takes longer than BENCH_THROUGHPUT_SUBMIT_MS, 60 s)
 // are submitted in bulk (many concurrent POST /api/v1/tasks); the time runs from the first POST to the last
 // result stored (max finished_at in the store, read from the server's SQLite file
 // read-only: nothing is added to the server). Delegates: real ferry-delegate processes
@@ -18,7 +18,7 @@ import {
   until, graphile, int, ratio, treeCpuMs,
 } from './_ferry.mjs';
 
-const N_MAX = Number(process.env.BENCH_THROUGHPUT_N ?? 10_000);
+const N_MAX = Number(process.env.BENCH_THROUGHPUT_N ?? 20_000);
 /** submission stops after this long even if fewer than N tasks went in (a slow machine) */
 const SUBMIT_MS = Number(process.env.BENCH_THROUGHPUT_SUBMIT_MS ?? 60_000);
 const DELEGATES = Number(process.env.BENCH_THROUGHPUT_DELEGATES_N ?? 4);
