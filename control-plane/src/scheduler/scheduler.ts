@@ -7,7 +7,7 @@
  * within the lease or the task returns to the queue with attempt + 1.
  */
 import { newId, type TaskAssign, type TaskFailure, type TaskResult, type TaskSpec } from '@ferry/shared';
-import type { Store, Trx, Executor } from '../store/db.js';
+import type { Store, Executor } from '../store/db.js';
 import { fromJson, isAssigned, isQueued, nextSequence, toJson, unindexed } from '../store/db.js';
 import type { Clock } from '../clock.js';
 import type { Logger } from '../logger.js';
@@ -109,10 +109,9 @@ export class Scheduler implements ResultApplier {
   // ---- queueing -----------------------------------------------------------------------
 
   /** Inserts a queued task inside the caller's transaction. Call wake() after the commit. */
-  async enqueue(trx: Executor, t: TaskInput, direct?: DispatchTarget): Promise<void> {
-    const now = this.clock.now();
+  async enqueue(trx: Executor, t: TaskInput): Promise<void> {
     const seq = await nextSequence(trx, 'task_queue');
-    await this.insertTasks(trx, [t], seq, now, direct);
+    await this.insertTasks(trx, [t], seq, this.clock.now());
   }
 
   /**
