@@ -290,7 +290,11 @@ stages:
     const d = await c.ended(second.id, 'Succeeded');
     await obs.stop();
     expectPairs(d, obs, 'deploy', ['NotDeployed/QueuedForPipeline', QFA, PIP, OK]);
-    expect(obs.executionStatuses).toEqual(['Queued', 'Running', 'Succeeded']);
+    // what the 50 ms poller saw: Queued first, Succeeded last, Running in between unless
+    // the step ran between two polls (it only echoes once the gate is open)
+    expect(obs.executionStatuses[0]).toBe('Queued');
+    expect(obs.executionStatuses.at(-1)).toBe('Succeeded');
+    expect(['Queued,Running,Succeeded', 'Queued,Succeeded']).toContain(obs.executionStatuses.join(','));
     expect(Date.parse(steps(d, 'deploy', 'work')[0]!.queuedAt!)).toBeGreaterThanOrEqual(Date.parse((await c.get(first.id)).finishedAt!));
   });
 });
