@@ -97,6 +97,12 @@ export class Session implements DispatchTarget {
     return true;
   }
 
+  flush(): void {
+    if (!this.corked) return;
+    this.corked = false;
+    this.socket.uncork();
+  }
+
   close(code: number, reason: string): void {
     if (this.closed) return;
     this.closed = true;
@@ -286,6 +292,7 @@ export class Gateway extends EventEmitter {
     const list = this.corked;
     this.corked = [];
     for (const s of list) {
+      if (!s.corked) continue; // flushed early (Session.flush)
       s.corked = false;
       s.socket.uncork();
     }

@@ -8,7 +8,12 @@
  */
 import { newId, type TaskAssign, type TaskFailure, type TaskResult, type TaskSpec } from '@ferry/shared';
 import type { Store, Executor } from '../store/db.js';
-import { fromJson, isAssigned, isQueued, nextSequence, toJson, unindexed } from '../store/db.js';
+import { fromJson, isAssigned, isQueued, toJson, unindexed } from '../store/db.js';
+import { prepare } from '../store/prepared.js';
+import { sql, type Insertable, type Kysely } from 'kysely';
+import type { DB } from '../store/schema.js';
+
+type NewTask = Insertable<DB['tasks']>;
 import type { Clock } from '../clock.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
@@ -51,6 +56,30 @@ const taskRow = (t: TaskInput, attempt: number, queuedAt: number): AssignRow => 
   secret_names: toJson(t.secretNames), timeout_ms: t.timeoutMs ?? null, queued_at: queuedAt,
 });
 
+/** The statements of every task's way through the queue, compiled once (store/prepared.ts). */
+function taskQueries(db0: Kysely<DB>) {
+  return {
+    /** the queue's next sequence numbers (nextSequence, prepared) */
+    sequence: prepare(db0, (db, a: { by: number }) =>
+      db.insertInto('sequences').values({ name: 'task_queue', value: a.by })
+        .onConflict((oc) => oc.column('name').doUpdateSet({ value: sql`sequences.value + ${a.by}` }))
+        .returning('value')),
+    /** a queued task of the account (direct dispatch must not overtake it) */
+    ahead: prepare(db0, (db, a: { accountId: string }) =>
+      db.selectFrom('tasks').select('id').where(isQueued).where('account_id', '=', a.accountId).limit(1)),
+    insert: prepare(db0, (db, a: { row: NewTask }) => db.insertInto('tasks').values(a.row)),
+    accept: prepare(db0, (db, a: { ids: string[]; delegateId: string; attempt: number; now: number }) =>
+      db.updateTable('tasks').set({ status: 'running', started_at: a.now, lease_expires_at: null })
+        .where('id', 'in', a.ids).where(unindexed('delegate_id'), '=', a.delegateId).where('attempt', '=', a.attempt).where(unindexed('status'), '=', 'assigned')
+        .returning(['id', 'execution_id'])),
+    result: prepare(db0, (db, a: { taskId: string; delegateId: string; status: 'succeeded' | 'failed' | 'canceled'; result: string; now: number; errorKind: string | null; lastSeq: number }) =>
+      db.updateTable('tasks')
+        .set({ status: a.status, result: a.result, finished_at: a.now, error_kind: a.errorKind, lease_expires_at: null, last_seq: a.lastSeq })
+        .where('id', '=', a.taskId).where('delegate_id', '=', a.delegateId).where('status', 'in', ['assigned', 'running'])
+        .returning(['execution_id', 'kind', 'delegate_version', 'started_at'])),
+  };
+}
+
 export class Scheduler implements ResultApplier {
   private readonly targets = new Map<string, DispatchTarget>();
   /** tasks assigned or running per delegate (this server's view) */
@@ -68,6 +97,9 @@ export class Scheduler implements ResultApplier {
   private acceptQ: PendingAccept[] = [];
   private acceptsQueued = false;
 
+  /** the statements of every task's way through the queue, compiled once */
+  private readonly q: ReturnType<typeof taskQueries>;
+
   constructor(
     private readonly store: Store,
     private readonly clock: Clock,
@@ -78,6 +110,7 @@ export class Scheduler implements ResultApplier {
     private readonly opts: SchedulerOptions,
   ) {
     logs.setResultApplier(this);
+    this.q = taskQueries(store.db);
   }
 
   setListener(l: TaskListener): void {
@@ -110,8 +143,14 @@ export class Scheduler implements ResultApplier {
 
   /** Inserts a queued task inside the caller's transaction. Call wake() after the commit. */
   async enqueue(trx: Executor, t: TaskInput): Promise<void> {
-    const seq = await nextSequence(trx, 'task_queue');
+    const seq = await this.takeSequence(trx, 1);
     await this.insertTasks(trx, [t], seq, this.clock.now());
+  }
+
+  /** Takes `by` queue sequence numbers in the caller's transaction; returns the last. */
+  private async takeSequence(trx: Executor, by: number): Promise<number> {
+    const row = await this.q.sequence.executeTakeFirst(trx, { by });
+    return Number(row!.value);
   }
 
   /**
@@ -124,10 +163,10 @@ export class Scheduler implements ResultApplier {
     if (direct) {
       // Direct dispatch (submit only): nothing of the account waits ahead, so the task is
       // written already assigned — one commit from submit to task.assign instead of two.
-      const ahead = await trx.selectFrom('tasks').select('id').where(isQueued).where('account_id', '=', t0.accountId).limit(1).executeTakeFirst();
+      const ahead = await this.q.ahead.executeTakeFirst(trx, { accountId: t0.accountId });
       if (ahead) direct = undefined;
     }
-    const rows = list.map((t, i) => ({
+    const rows = list.map((t, i): NewTask => ({
       id: t.id,
       account_id: t.accountId,
       execution_id: t.executionId,
@@ -156,8 +195,9 @@ export class Scheduler implements ResultApplier {
       last_seq: 0,
       error_kind: null,
     }));
+    if (rows.length === 1) await this.q.insert.execute(trx, { row: rows[0]! });
     // SQLite binds at most 32,766 parameters per statement; 26 columns a row
-    for (let i = 0; i < rows.length; i += 500) await trx.insertInto('tasks').values(rows.slice(i, i + 500)).execute();
+    else for (let i = 0; i < rows.length; i += 500) await trx.insertInto('tasks').values(rows.slice(i, i + 500)).execute();
     for (const t of list) {
       this.metrics.tasksQueued.inc({ kind: t.kind });
       if (t.executionId) this.logs.bindExecution(t.id, t.executionId);
@@ -177,14 +217,18 @@ export class Scheduler implements ResultApplier {
     try {
       await this.store.writer.run(async (trx) => {
         queuedAt = this.clock.now();
-        const seq = await nextSequence(trx, 'task_queue');
+        const seq = await this.takeSequence(trx, 1);
         assigned = await this.insertTasks(trx, [t], seq, queuedAt, target);
       });
     } finally {
       if (target && !assigned) this.inFlight.get(target.delegateId)?.delete(t.id);
     }
     if (target && assigned) {
-      if (this.targets.get(target.delegateId) === target) await this.sendAssignments(target, [taskRow(t, 1, queuedAt)], this.clock.now());
+      if (this.targets.get(target.delegateId) === target) {
+        await this.sendAssignments(target, [taskRow(t, 1, queuedAt)], this.clock.now());
+        // out now, ahead of the HTTP reply, rather than at the end of the tick
+        target.flush?.();
+      }
       // else: the session closed meanwhile; the lease runs out and the task is queued again
     } else {
       this.wake();
@@ -195,7 +239,7 @@ export class Scheduler implements ResultApplier {
   async submitMany(list: TaskInput[]): Promise<void> {
     if (list.length === 0) return;
     await this.store.writer.run(async (trx) => {
-      const last = await nextSequence(trx, 'task_queue', list.length);
+      const last = await this.takeSequence(trx, list.length);
       await this.insertTasks(trx, list, last - list.length + 1, this.clock.now());
     });
     this.wake();
@@ -520,9 +564,7 @@ export class Scheduler implements ResultApplier {
     const started = new Map<string, string | null>();
     for (const g of groups.values()) {
       for (let i = 0; i < g.ids.length; i += 500) {
-        const rows = await trx.updateTable('tasks').set({ status: 'running', started_at: now, lease_expires_at: null })
-          .where('id', 'in', g.ids.slice(i, i + 500)).where(unindexed('delegate_id'), '=', g.delegateId).where('attempt', '=', g.attempt).where(unindexed('status'), '=', 'assigned')
-          .returning(['id', 'execution_id']).execute();
+        const rows = await this.q.accept.execute(trx, { ids: g.ids.slice(i, i + 500), delegateId: g.delegateId, attempt: g.attempt, now });
         for (const r of rows) started.set(r.id, r.execution_id);
       }
     }
@@ -550,11 +592,9 @@ export class Scheduler implements ResultApplier {
   async applyResult(trx: Executor, delegateId: string, f: TaskResult, lastSeq: number): Promise<FinishedTask | null> {
     const status = f.status === 'Succeeded' ? 'succeeded' : f.status === 'Canceled' ? 'canceled' : 'failed';
     const result = { status: f.status, exitCode: f.exitCode, error: f.error, outputs: f.outputs, startedAt: f.startedAt, finishedAt: f.finishedAt, data: f.data };
-    const r = await trx.updateTable('tasks')
-      .set({ status, result: toJson(result), finished_at: this.clock.now(), error_kind: f.error?.kind ?? null, lease_expires_at: null, last_seq: lastSeq })
-      .where('id', '=', f.taskId).where('delegate_id', '=', delegateId).where('status', 'in', ['assigned', 'running'])
-      .returning(['execution_id', 'kind', 'delegate_version', 'started_at'])
-      .executeTakeFirst();
+    const r = await this.q.result.executeTakeFirst(trx, {
+      taskId: f.taskId, delegateId, status, result: toJson(result), now: this.clock.now(), errorKind: f.error?.kind ?? null, lastSeq,
+    });
     if (!r) return null;
     return { executionId: r.execution_id, kind: r.kind, delegateVersion: r.delegate_version, startedAt: r.started_at == null ? null : Number(r.started_at) };
   }

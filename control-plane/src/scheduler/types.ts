@@ -59,4 +59,6 @@ export interface DispatchTarget {
   /** no new tasks (probation, draining, closing) */
   readonly accepting: boolean;
   send(frame: import('@ferry/shared').ServerFrame): boolean;
+  /** writes the frames held for this tick now (a lone assignment someone waits for) */
+  flush?(): void;
 }

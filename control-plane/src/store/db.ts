@@ -50,10 +50,11 @@ export function openStore(url: string): Store {
     // Sorts and temporary indexes in memory, not in temporary files.
     sqlite.pragma('temp_store = memory');
     const db = new Kysely<DB>({ dialect: new SqliteDialect({ database: cachedStatements(sqlite) }) });
+    const synchronous = { normal: sqlite.prepare('pragma synchronous = normal'), full: sqlite.prepare('pragma synchronous = full') };
     const writer = new GroupCommit(db, file === ':memory:' ? {} : {
       walFile: `${path.resolve(file)}-wal`,
       // the writer holds Kysely's only connection while it calls this
-      setSynchronous: (mode) => { sqlite.pragma(`synchronous = ${mode}`); },
+      setSynchronous: (mode) => { synchronous[mode].run(); },
     });
     return makeStore(db, 'sqlite', writer, undefined, async () => {
       await writer.close();
