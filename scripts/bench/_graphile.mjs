@@ -28,7 +28,7 @@ if (mode === 'latency') {
     taskList: { noop: async () => { const t = performance.now(); if (started) { started(t); started = null; } } },
   });
   const lat = [];
-  const warm = Math.min(50, Math.ceil(N / 10));
+  const warm = Number(process.env.BENCH_LATENCY_WARMUP ?? 50); // the same warm-up as Ferry's run
   for (let i = 0; i < N + warm && Date.now() < deadline; i++) {
     const p = new Promise((r) => { started = r; });
     const t0 = performance.now();
