@@ -13,6 +13,7 @@ import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
 import type { Bus } from '../store/bus.js';
 import type { AssignRow } from '../scheduler/claim.js';
+import { prepare, type PreparedQuery } from '../store/prepared.js';
 
 /** A stored line: [stream, epochMs, text]; stream 0 stdout, 1 stderr, 2 delegate/server note. */
 export type StoredLine = [0 | 1 | 2, number, string];
@@ -85,6 +86,8 @@ export class LogStore {
   /** batches committed and waiting for their sync */
   private syncing = 0;
   private bus: Bus | null = null;
+  /** a task's last stored sequence (once per task and batch) */
+  private readonly setLastSeq: PreparedQuery<{ taskId: string; seq: number }, unknown>;
 
   constructor(
     private readonly store: Store,
@@ -93,6 +96,7 @@ export class LogStore {
     private readonly metrics: Metrics,
   ) {
     this.events.setMaxListeners(0);
+    this.setLastSeq = prepare(store.db, (db, a: { taskId: string; seq: number }) => db.updateTable('tasks').set({ last_seq: a.seq }).where('id', '=', a.taskId));
   }
 
   setResultApplier(a: ResultApplier): void {
@@ -259,7 +263,7 @@ export class LogStore {
       st.acks.set(p, applied ? f.seq : -1);
     }
     for (const t of touched) {
-      await trx.updateTable('tasks').set({ last_seq: last(t)! }).where('id', '=', t).execute();
+      await this.setLastSeq.execute(trx, { taskId: t, seq: last(t)! });
     }
     if (st.results.length && this.applier) st.refills = await this.applier.refill(trx, st.results.map((r) => ({ delegateId: r.delegateId, taskId: r.frame.taskId })));
     return st;

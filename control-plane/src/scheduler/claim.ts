@@ -6,8 +6,9 @@
  * (graphile-worker's getJobs shape). Candidates are picked in memory first (selector
  * and capability matching), so the statement only re-checks `status = 'queued'`.
  */
-import { sql } from 'kysely';
-import { unindexed, type Executor, type Dialect } from '../store/db.js';
+import { sql, type Kysely } from 'kysely';
+import { unindexed, type DB, type Executor, type Dialect } from '../store/db.js';
+import { prepare, type PreparedQuery } from '../store/prepared.js';
 
 /** What a task.assign is built from: the claim returns it, so no second read is needed. */
 export interface AssignRow {
@@ -43,9 +44,13 @@ export async function claimTasks(
       returning tasks.id, tasks.account_id, tasks.execution_id, tasks.attempt, tasks.spec, tasks.env, tasks.secret_names, tasks.timeout_ms, tasks.queued_at`.execute(db);
     return r.rows;
   }
-  return db.updateTable('tasks')
-    .set({ status: 'assigned', delegate_id: d.delegateId, delegate_version: d.version, lease_expires_at: d.leaseExpiresAt, assigned_at: d.now })
-    .where('id', 'in', ids).where(unindexed('status'), '=', 'queued')
-    .returning(['id', 'account_id', 'execution_id', 'attempt', 'spec', 'env', 'secret_names', 'timeout_ms', 'queued_at'])
-    .execute();
+  sqliteClaim ??= prepare(db as Kysely<DB>, (q, a: { ids: string[]; delegateId: string; version: string; leaseExpiresAt: number; now: number }) =>
+    q.updateTable('tasks')
+      .set({ status: 'assigned', delegate_id: a.delegateId, delegate_version: a.version, lease_expires_at: a.leaseExpiresAt, assigned_at: a.now })
+      .where('id', 'in', a.ids).where(unindexed('status'), '=', 'queued')
+      .returning(['id', 'account_id', 'execution_id', 'attempt', 'spec', 'env', 'secret_names', 'timeout_ms', 'queued_at']));
+  return sqliteClaim.execute(db, { ids, ...d });
 }
+
+/** SQLite's claim, compiled once per number of tasks (any SQLite executor builds the same SQL). */
+let sqliteClaim: PreparedQuery<{ ids: string[]; delegateId: string; version: string; leaseExpiresAt: number; now: number }, AssignRow> | undefined;

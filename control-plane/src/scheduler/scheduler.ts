@@ -68,6 +68,10 @@ function taskQueries(db0: Kysely<DB>) {
     ahead: prepare(db0, (db, a: { accountId: string }) =>
       db.selectFrom('tasks').select('id').where(isQueued).where('account_id', '=', a.accountId).limit(1)),
     insert: prepare(db0, (db, a: { row: NewTask }) => db.insertInto('tasks').values(a.row)),
+    /** the head of an account's queue, in dispatch order */
+    queueHead: prepare(db0, (db, a: { accountId: string; limit: number }) =>
+      db.selectFrom('tasks').select(['id', 'account_id', 'selectors', 'capabilities', 'queued_at', 'priority', 'queue_seq'])
+        .where(isQueued).where('account_id', '=', a.accountId).orderBy('priority', 'desc').orderBy('queue_seq').limit(a.limit)),
     accept: prepare(db0, (db, a: { ids: string[]; delegateId: string; attempt: number; now: number }) =>
       db.updateTable('tasks').set({ status: 'running', started_at: a.now, lease_expires_at: null })
         .where('id', 'in', a.ids).where(unindexed('delegate_id'), '=', a.delegateId).where('attempt', '=', a.attempt).where(unindexed('status'), '=', 'assigned')
@@ -395,16 +399,19 @@ export class Scheduler implements ResultApplier {
     while (total > 0 && scanned < MAX_SCAN) {
       const PAGE = page;
       page = 1000;
-      let q = db.selectFrom('tasks')
-        .select(['id', 'account_id', 'selectors', 'capabilities', 'queued_at', 'priority', 'queue_seq'])
-        .where(isQueued).where('account_id', '=', accountId);
-      if (after) {
+      let rows: Array<QueuedRow & { priority: number; queue_seq: number }>;
+      if (!after) {
+        rows = await this.q.queueHead.execute(db, { accountId, limit: PAGE });
+      } else {
         const a = after;
-        q = q.where((eb) => eb.or([eb('priority', '<', a.priority), eb.and([eb('priority', '=', a.priority), eb('queue_seq', '>', a.seq)])]));
+        rows = await db.selectFrom('tasks')
+          .select(['id', 'account_id', 'selectors', 'capabilities', 'queued_at', 'priority', 'queue_seq'])
+          .where(isQueued).where('account_id', '=', accountId)
+          .where((eb) => eb.or([eb('priority', '<', a.priority), eb.and([eb('priority', '=', a.priority), eb('queue_seq', '>', a.seq)])]))
+          .orderBy('priority', 'desc').orderBy('queue_seq').limit(PAGE).execute();
       }
-      const rows = await q.orderBy('priority', 'desc').orderBy('queue_seq').limit(PAGE).execute();
       scanned += rows.length;
-      for (const r of rows as Array<QueuedRow & { priority: number; queue_seq: number }>) {
+      for (const r of rows) {
         if (total <= 0) break;
         const selectors = fromJson<string[]>(r.selectors, []);
         const caps = fromJson<string[]>(r.capabilities, []);
