@@ -28,6 +28,7 @@ if (mode === 'latency') {
     taskList: { noop: async () => { const t = performance.now(); if (started) { started(t); started = null; } } },
   });
   const lat = [];
+  const cold = [];
   const warm = Number(process.env.BENCH_LATENCY_WARMUP ?? 50); // the same warm-up as Ferry's run
   for (let i = 0; i < N + warm && Date.now() < deadline; i++) {
     const p = new Promise((r) => { started = r; });
@@ -35,11 +36,12 @@ if (mode === 'latency') {
     await utils.addJob('noop', { i });
     const t1 = await p;
     if (i >= warm) lat.push(t1 - t0);
+    else if (i < 1000) cold.push(t1 - t0);
     await sleep(2); // let the completion land: an idle worker for the next one
   }
   await runner.stop();
   await utils.release();
-  out({ mode, n: lat.length, lat });
+  out({ mode, n: lat.length, lat, cold });
 } else if (mode === 'throughput') {
   const client = new pg.Client({ connectionString: url });
   await client.connect();
