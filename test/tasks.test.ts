@@ -173,6 +173,34 @@ describe('eligibility and queue reasons', () => {
     await api('POST', `/api/v1/tasks/${defaultTokenTask}/cancel`);
   });
 
+  it('an idle pool takes its own task at once behind a deep queue of another pool’s tasks, and the deep queue still drains', async () => {
+    expect((await ferryCli(['account', 'create', 'pools'], { url: server.url, token: server.adminToken })).code).toBe(0);
+    const poolToken = await createDelegateToken(server, 'pools');
+    for (const [name, tag] of [['pool-a', 'a'], ['pool-b', 'b']] as const) {
+      delegates.push(startDelegate({ url: server.url, token: poolToken, name, tags: [tag], capacity: 1, env: FAST }));
+    }
+    await waitFor(async () => { const c = await connectedNames(); return c.includes('pool-a') && c.includes('pool-b') ? true : undefined; }, { timeout: 20_000 });
+
+    const busy = await submit({ spec: { kind: 'shell', script: 'sleep 30' }, selectors: ['a'], account: 'pools' });
+    await waitFor(async () => ((await get(busy)).status === 'running' ? true : undefined), { timeout: 10_000 });
+    const deep = await api<{ ids: string[] }>('POST', '/api/v1/tasks/batch', { account: 'pools', tasks: Array.from({ length: 300 }, () => ({ spec: { kind: 'noop' }, selectors: ['a'] })) });
+    expect(deep.status, deep.text).toBe(201);
+    // pool-b has a free slot and nothing in the queue suits it; passes run meanwhile
+    await new Promise((r) => setTimeout(r, 500));
+
+    const mine = await submit({ spec: { kind: 'noop' }, selectors: ['b'], account: 'pools' });
+    const done = await untilDone(mine, 5000);
+    expect(done.status).toBe('succeeded');
+    const names = (await api<Array<{ id: string; name: string }>>('GET', '/api/v1/delegates')).body;
+    expect(names.find((d) => d.id === done.delegate)?.name).toBe('pool-b');
+    expect((await get(deep.body.ids[0]!)).status).toBe('queued');
+
+    await api('POST', `/api/v1/tasks/${busy}/cancel`);
+    for (const id of [deep.body.ids[0]!, deep.body.ids[299]!]) expect((await untilDone(id, 30_000)).status).toBe('succeeded');
+    const ran = await Promise.all(deep.body.ids.map(async (id) => (await get(id)).delegate));
+    expect(new Set(ran.map((d) => names.find((n) => n.id === d)?.name))).toEqual(new Set(['pool-a']));
+  });
+
   it('a delegate token of one account sees nothing of another', async () => {
     const acmeToken = await createDelegateToken(server, 'acme');
     const r = await apiRequest(server.url, 'GET', '/api/v1/tasks/whatever', undefined, { token: acmeToken });

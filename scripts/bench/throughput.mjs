@@ -9,9 +9,14 @@
 // Baseline in the same run: graphile-worker draining the same number of no-op jobs
 // queued in bulk (its own perfTest's shape), one worker process, concurrency 8, on a
 // private PostgreSQL 15 with default durability; time from run() to the jobs table empty.
-// Note the asymmetry, which favours graphile-worker: Ferry's time includes the HTTP
-// submission of every task, graphile-worker's excludes the bulk queueing.
-// Target: ratio > 1 (aim 2x).
+// That figure is asymmetric in graphile-worker's favour: Ferry's time includes the HTTP
+// submission of every task (a sixth of the server's CPU), graphile-worker's excludes the
+// bulk queueing. A second run measures Ferry the way graphile-worker is measured: N tasks
+// queued first, then 4 fresh ferry-delegate processes that can take them start and drain
+// the queue (time from the first assignment to the last result stored; it includes the
+// new delegates' start, and the 4 idle delegates above, whose tags match none of these
+// tasks, stay connected — the case that once made every pass read the whole queue).
+// Target: ratio > 1 (aim 2x), judged on the end-to-end figure, the stricter of the two.
 import { spawnHelper, sleep } from './_lib.mjs';
 import {
   runBench, track, startFerry, delegateToken, startDelegate, waitConnected, openServerDb, submitMany,
@@ -84,14 +89,35 @@ await runBench('throughput', async () => {
   if (last.bad) console.log(`  WARNING: ${last.bad} tasks did not succeed`);
   console.log(`  CPU during the run: server ${(cpu.server / elapsed * 100).toFixed(0)}% of a core, delegates ${(cpu.delegates / elapsed * 100).toFixed(0)}%, submitter (this process) ${(cpu.bench / elapsed * 100).toFixed(0)}%; per task: server ${(cpu.server * 1000 / done).toFixed(0)} µs, delegates ${(cpu.delegates * 1000 / done).toFixed(0)} µs`);
 
+  // The drain: queued first, then drained by delegates that start afterwards. The tasks
+  // need a tag the delegates above lack, so those stay idle.
+  let drain = null;
+  if (MODE !== 'protocol') {
+    const drainBody = () => ({ spec: { kind: 'noop' }, selectors: ['proto', 'drain'] });
+    const q0 = Date.now();
+    const ND = (await submitMany(srv, N, drainBody, CONCURRENCY)).length;
+    const queueMs = Date.now() - q0;
+    const dNames = Array.from({ length: DELEGATES }, (_, i) => `drain-${i + 1}`);
+    const dPids = [];
+    const dcpu0 = treeCpuMs(srv.proc.pid);
+    for (const name of dNames) dPids.push(startDelegate(srv, token, { name, capacity: CAPACITY, tags: ['proto', 'drain'] }).proc.pid);
+    const spanD = db.prepare("select count(*) as n, sum(status = 'succeeded') as ok, min(assigned_at) as a0, max(finished_at) as f1 from tasks where queued_at >= ? and selectors like '%drain%'");
+    await until(() => (spanD.get(q0).ok ?? 0) >= ND, { everyMs: 100, timeoutMs: WAIT_MS, what: `${ND} queued tasks to be drained` });
+    const d = spanD.get(q0);
+    const ms = Number(d.f1) - Number(d.a0);
+    const dc = { server: treeCpuMs(srv.proc.pid) - dcpu0, delegates: dPids.reduce((s2, p) => s2 + treeCpuMs(p), 0) };
+    drain = { n: ND, ms, rate: (ND * 1000) / ms, queueMs, perTask: { server: (dc.server * 1000) / ND, delegates: (dc.delegates * 1000) / ND } };
+    console.log(`ferry drain: ${int(ND)} noop tasks queued first (${(queueMs / 1000).toFixed(2)} s, not counted), drained by ${DELEGATES} ferry-delegate processes started afterwards (× ${CAPACITY} slots) in ${(ms / 1000).toFixed(2)} s from the first assignment to the last result stored = ${int(drain.rate)} tasks/s; CPU per task (including the delegates' start): server ${drain.perTask.server.toFixed(0)} µs, delegates ${drain.perTask.delegates.toFixed(0)} µs`);
+  }
+
   const g = await graphile('throughput', Number(process.env.BENCH_GRAPHILE_THROUGHPUT_N ?? N));
   if (g.unavailable) {
     console.log(`graphile-worker baseline not measured: ${g.unavailable}`);
-    console.log(`throughput: ferry ${int(rate)} noop tasks/s end to end (${who}); graphile-worker: not measured (${g.unavailable}); target > 1x: n/a`);
+    console.log(`throughput: ferry ${int(rate)} noop tasks/s end to end${drain ? `, ${int(drain.rate)} draining a queue` : ''} (${who}); graphile-worker: not measured (${g.unavailable}); target > 1x: n/a`);
     return;
   }
   if (g.left !== 0) partial += ` graphile-worker PARTIAL: ${int(g.left)} of ${int(g.n)} jobs left when its time ran out;`;
   console.log(`graphile-worker: ${int(g.n - Math.max(0, g.left))} no-op jobs drained in ${(g.ms / 1000).toFixed(2)} s = ${int(g.perSec)} jobs/s (one worker, concurrency ${g.concurrency}, PostgreSQL 15 default fsync; bulk queueing took ${(g.queueMs / 1000).toFixed(2)} s, not counted)`);
   const r = rate / g.perSec;
-  console.log(`throughput:${partial} ferry ${int(rate)} noop tasks/s end to end (${who}); graphile-worker ${int(g.perSec)} jobs/s; ratio ${ratio(rate, g.perSec)}; target > 1x (aim 2x): ${r > 1 ? 'PASS' : 'MISS'}`);
+  console.log(`throughput:${partial} ferry ${int(rate)} noop tasks/s end to end (${who}); graphile-worker ${int(g.perSec)} jobs/s; ratio ${ratio(rate, g.perSec)}${drain ? `; draining a queue as graphile-worker does: ${int(drain.rate)} tasks/s (${ratio(drain.rate, g.perSec)})` : ''}; target > 1x (aim 2x): ${r > 1 ? 'PASS' : 'MISS'}`);
 }, { timeoutMs: Number(process.env.BENCH_TIMEOUT_MS ?? 420_000) });
