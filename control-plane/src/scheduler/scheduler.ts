@@ -8,12 +8,10 @@
  */
 import { newId, type TaskAssign, type TaskFailure, type TaskResult, type TaskSpec } from '@ferry/shared';
 import type { Store, Executor } from '../store/db.js';
-import { fromJson, isAssigned, isQueued, toJson, unindexed } from '../store/db.js';
+import { fromJson, isAssigned, isQueued, sequenceStatement, toJson, unindexed } from '../store/db.js';
 import { prepare } from '../store/prepared.js';
-import { sql, type Insertable, type Kysely } from 'kysely';
+import type { Insertable, Kysely } from 'kysely';
 import type { DB } from '../store/schema.js';
-
-type NewTask = Insertable<DB['tasks']>;
 import type { Clock } from '../clock.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
@@ -42,6 +40,10 @@ interface QueuedRow {
 
 const DEFAULT_QUEUE_TIMEOUT = 3_600_000;
 
+type NewTask = Insertable<DB['tasks']>;
+/** what a pass reads of a queued task */
+const QUEUE_COLUMNS = ['id', 'account_id', 'selectors', 'capabilities', 'queued_at', 'priority', 'queue_seq'] as const;
+
 interface PendingAccept {
   delegateId: string;
   delegateName: string;
@@ -60,18 +62,21 @@ const taskRow = (t: TaskInput, attempt: number, queuedAt: number): AssignRow => 
 function taskQueries(db0: Kysely<DB>) {
   return {
     /** the queue's next sequence numbers (nextSequence, prepared) */
-    sequence: prepare(db0, (db, a: { by: number }) =>
-      db.insertInto('sequences').values({ name: 'task_queue', value: a.by })
-        .onConflict((oc) => oc.column('name').doUpdateSet({ value: sql`sequences.value + ${a.by}` }))
-        .returning('value')),
+    sequence: prepare(db0, sequenceStatement),
     /** a queued task of the account (direct dispatch must not overtake it) */
     ahead: prepare(db0, (db, a: { accountId: string }) =>
       db.selectFrom('tasks').select('id').where(isQueued).where('account_id', '=', a.accountId).limit(1)),
     insert: prepare(db0, (db, a: { row: NewTask }) => db.insertInto('tasks').values(a.row)),
     /** the head of an account's queue, in dispatch order */
     queueHead: prepare(db0, (db, a: { accountId: string; limit: number }) =>
-      db.selectFrom('tasks').select(['id', 'account_id', 'selectors', 'capabilities', 'queued_at', 'priority', 'queue_seq'])
+      db.selectFrom('tasks').select(QUEUE_COLUMNS)
         .where(isQueued).where('account_id', '=', a.accountId).orderBy('priority', 'desc').orderBy('queue_seq').limit(a.limit)),
+    /** the next page of it, after (priority, seq) */
+    queuePage: prepare(db0, (db, a: { accountId: string; priority: number; seq: number; limit: number }) =>
+      db.selectFrom('tasks').select(QUEUE_COLUMNS)
+        .where(isQueued).where('account_id', '=', a.accountId)
+        .where((eb) => eb.or([eb('priority', '<', a.priority), eb.and([eb('priority', '=', a.priority), eb('queue_seq', '>', a.seq)])]))
+        .orderBy('priority', 'desc').orderBy('queue_seq').limit(a.limit)),
     accept: prepare(db0, (db, a: { ids: string[]; delegateId: string; attempt: number; now: number }) =>
       db.updateTable('tasks').set({ status: 'running', started_at: a.now, lease_expires_at: null })
         .where('id', 'in', a.ids).where(unindexed('delegate_id'), '=', a.delegateId).where('attempt', '=', a.attempt).where(unindexed('status'), '=', 'assigned')
@@ -167,7 +172,7 @@ export class Scheduler implements ResultApplier {
 
   /** Takes `by` queue sequence numbers in the caller's transaction; returns the last. */
   private async takeSequence(trx: Executor, by: number): Promise<number> {
-    const row = await this.q.sequence.executeTakeFirst(trx, { by });
+    const row = await this.q.sequence.executeTakeFirst(trx, { name: 'task_queue', by });
     return Number(row!.value);
   }
 
@@ -431,17 +436,9 @@ export class Scheduler implements ResultApplier {
     while (total > 0 && scanned < MAX_SCAN) {
       const PAGE = page;
       page = 1000;
-      let rows: Array<QueuedRow & { priority: number; queue_seq: number }>;
-      if (!after) {
-        rows = await this.q.queueHead.execute(db, { accountId, limit: PAGE });
-      } else {
-        const a = after;
-        rows = await db.selectFrom('tasks')
-          .select(['id', 'account_id', 'selectors', 'capabilities', 'queued_at', 'priority', 'queue_seq'])
-          .where(isQueued).where('account_id', '=', accountId)
-          .where((eb) => eb.or([eb('priority', '<', a.priority), eb.and([eb('priority', '=', a.priority), eb('queue_seq', '>', a.seq)])]))
-          .orderBy('priority', 'desc').orderBy('queue_seq').limit(PAGE).execute();
-      }
+      const rows: Array<QueuedRow & { priority: number; queue_seq: number }> = after
+        ? await this.q.queuePage.execute(db, { accountId, priority: after.priority, seq: after.seq, limit: PAGE })
+        : await this.q.queueHead.execute(db, { accountId, limit: PAGE });
       scanned += rows.length;
       for (const r of rows) {
         if (total <= 0) break;

@@ -165,14 +165,16 @@ export function fromJson<T>(s: string | null | undefined, fallback: T): T {
   }
 }
 
+/** Takes `by` values of a named counter; returns the last (store/prepared.ts can compile it once). */
+export const sequenceStatement = (db: Executor, a: { name: string; by: number }) => db
+  .insertInto('sequences')
+  .values({ name: a.name, value: a.by })
+  .onConflict((oc) => oc.column('name').doUpdateSet({ value: sql`sequences.value + ${a.by}` }))
+  .returning('value');
+
 /** Next value of a named counter (FIFO order of tasks), inside the caller's transaction. */
 export async function nextSequence(trx: Executor, name: string, by = 1): Promise<number> {
-  const row = await trx
-    .insertInto('sequences')
-    .values({ name, value: by })
-    .onConflict((oc) => oc.column('name').doUpdateSet({ value: sql`sequences.value + ${by}` }))
-    .returning('value')
-    .executeTakeFirstOrThrow();
+  const row = await sequenceStatement(trx, { name, by }).executeTakeFirstOrThrow();
   return Number(row.value);
 }
 
