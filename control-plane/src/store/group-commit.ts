@@ -17,8 +17,8 @@
  * `synchronous = FULL`. (With synchronous = FULL, 20–25 % of the server's time under load
  * was spent blocked in fsync.) PostgreSQL: a plain transaction; its commit is durable.
  *
- * A quiet writer (no sync for `inlineSyncAfterMs`, nothing else queued) syncs in the event
- * loop instead: one lone commit gains nothing from the thread pool, and the two thread
+ * A quiet writer (nothing committed or synced for QUIET_MS, nothing else queued) starts
+ * its batch at once and syncs in the event loop instead: one lone commit gains nothing from the thread pool, and the two thread
  * hand-offs cost more than the sync blocks (dispatch latency p99 5.1–5.9 ms instead of
  * 6.4–7.7 ms on the 2-core benchmark machine). Under load the syncs run back to back and
  * stay on the thread pool.
@@ -49,12 +49,10 @@ export interface GroupCommitOptions {
   /** SQLite: sets `synchronous` on the connection directly (no statement round trip) */
   setSynchronous?: (mode: 'normal' | 'full') => void;
   maxBatch?: number;
-  /**
-   * A writer is quiet when its previous commit (sync) ended longer ago than this (ms;
-   * default 5; Infinity: never): it starts a batch at once and syncs in the event loop.
-   */
-  inlineSyncAfterMs?: number;
 }
+
+/** a writer whose previous commit (sync) ended longer ago than this is quiet (ms) */
+const QUIET_MS = 5;
 
 export class GroupCommit {
   private pending: Item[] = [];
@@ -67,7 +65,6 @@ export class GroupCommit {
   inlineSyncs = 0;
   private lastSyncEnd = 0;
   private lastCommitEnd = 0;
-  private readonly inlineAfterMs: number;
   private wal: FileHandle | null = null;
   /** committed batches waiting for a sync that starts after their commit */
   private unsynced: Settle[] = [];
@@ -78,7 +75,6 @@ export class GroupCommit {
 
   constructor(private readonly db: Kysely<DB>, private readonly opts: GroupCommitOptions = {}) {
     this.maxBatch = opts.maxBatch ?? 1000;
-    this.inlineAfterMs = opts.inlineSyncAfterMs ?? 5;
   }
 
   /**
@@ -93,7 +89,7 @@ export class GroupCommit {
         this.running = true;
         // A busy writer waits for the end of the loop turn so that everything read in it
         // joins one batch; a quiet one starts at once.
-        if (performance.now() - this.lastCommitEnd > this.inlineAfterMs) queueMicrotask(() => void this.loop());
+        if (performance.now() - this.lastCommitEnd > QUIET_MS) queueMicrotask(() => void this.loop());
         else setImmediate(() => void this.loop());
       }
     });
@@ -210,7 +206,7 @@ export class GroupCommit {
         this.unsynced = [];
         try {
           this.wal ??= await open(this.opts.walFile!, 'r+');
-          if (this.pending.length === 0 && performance.now() - this.lastSyncEnd > this.inlineAfterMs) {
+          if (this.pending.length === 0 && performance.now() - this.lastSyncEnd > QUIET_MS) {
             fdatasyncSync(this.wal.fd);
             this.inlineSyncs++;
           } else {
