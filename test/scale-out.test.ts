@@ -2,13 +2,17 @@
  * Scale-out: two `ferry server` processes share one PostgreSQL database. A delegate holds
  * a socket to server A; a task queued through server B is dispatched at once (B's NOTIFY
  * wakes A), a cancel sent to B reaches the delegate on A, and a token revoked through B
- * cuts the delegate's socket on A.
+ * cuts the delegate's socket on A. A release published through one server is downloaded
+ * from the other.
  */
+import { readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { CloseCode } from '@ferry/shared';
 import { describeWithPg, createDatabase, dropDatabase } from './support/postgres.js';
 import { useProcessGuard, startServer, startDelegate, waitFor, apiRequest, ferryCli } from './support/processes.js';
 import { connectProtocol } from './support/protocol-client.js';
+import { buildBundle } from './rings-helpers.js';
 
 useProcessGuard();
 
@@ -52,6 +56,30 @@ describeWithPg('two servers on one PostgreSQL database', () => {
       expect(rev.code).toBe(0);
       expect((await raw.closed).code).toBe(CloseCode.TokenRevoked);
       await d.stop();
+    } finally {
+      await b.stop();
+      await a.stop();
+      await dropDatabase(db);
+    }
+  });
+
+  it('a release published through one server is served by the other, byte for byte', async () => {
+    const db = await createDatabase({ prefix: 'scalerel' });
+    const a = await startServer({ databaseUrl: db });
+    const b = await startServer({ databaseUrl: db, adminToken: a.adminToken });
+    try {
+      const file = buildBundle('7.7.7-scale');
+      const pub = await ferryCli(['release', 'publish', file, '--json'], { url: a.url, token: a.adminToken });
+      expect(pub.code, pub.stderr).toBe(0);
+      const { sha256 } = pub.json<{ sha256: string }>();
+      // Servers on separate machines: B has no access to A's data dir, and A loses its copy.
+      rmSync(join(a.dataDir, 'releases'), { recursive: true, force: true });
+      for (const server of [b, b, a]) { // from the database, then from B's cached copy; A from the database again
+        const r = await fetch(`${server.url}/api/v1/releases/7.7.7-scale/bundle`, { headers: { authorization: `Bearer ${a.adminToken}` } });
+        expect(r.status).toBe(200);
+        expect(r.headers.get('x-ferry-sha256')).toBe(sha256);
+        expect(Buffer.from(await r.arrayBuffer()).equals(readFileSync(file))).toBe(true);
+      }
     } finally {
       await b.stop();
       await a.stop();

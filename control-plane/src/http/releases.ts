@@ -74,19 +74,17 @@ export const releaseRoutes: FastifyPluginAsync<PluginOpts> = async (app, { ctx }
     }
     const row = await releases().get(version);
     if (!row) throw new FerryError('NOT_FOUND', `no release ${version}`);
-    let size: number;
-    try {
-      size = fs.statSync(row.path).size;
-    } catch {
-      req.log.error({ version, path: row.path }, 'release bundle file is missing');
-      throw new FerryError('NOT_FOUND', `the bundle of release ${version} is missing from this server's data dir`);
+    const file = await releases().bundleFile(row);
+    if (!file) {
+      req.log.error({ version }, 'release bundle is missing from the database and the data dir');
+      throw new FerryError('NOT_FOUND', `the bundle of release ${version} is missing (published before migration 0006 through a server that has not migrated)`);
     }
     const v = releaseView(row);
     return reply
       .type('application/gzip')
-      .header('content-length', size)
+      .header('content-length', Number(row.size))
       .header('content-disposition', `attachment; filename="${bundleFileName(version)}"`)
       .header('x-ferry-sha256', v.sha256)
-      .send(fs.createReadStream(row.path));
+      .send(fs.createReadStream(file));
   });
 };

@@ -12,7 +12,8 @@ import { Parser, type ReadEntry } from 'tar';
 import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import { FerryError, SUPPORTED_PROTOCOLS } from '@ferry/shared';
-import type { Executor } from '../store/db.js';
+import type { Kysely } from 'kysely';
+import type { DB, Executor } from '../store/db.js';
 import type { ReleasesTable } from '../store/schema.js';
 
 export const VERSION_PATTERN = '^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$';
@@ -143,6 +144,29 @@ export class Releases {
   }
 
   /**
+   * The bundle of a release as a file of this server's data dir: the cached copy, or
+   * written from the database first (a release published through another server).
+   * Null when neither has it.
+   */
+  async bundleFile(row: ReleaseRow): Promise<string | null> {
+    const file = path.join(this.dir, bundleFileName(row.version));
+    for (const f of [file, row.path]) {
+      try {
+        if (fs.statSync(f).size === Number(row.size)) return f;
+      } catch { /* not here */ }
+    }
+    const b = await this.db.selectFrom('release_bundles').select('data').where('version', '=', row.version).executeTakeFirst();
+    if (!b) return null;
+    const data = Buffer.from(b.data);
+    if (data.length !== Number(row.size)) throw new Error(`the stored bundle of release ${row.version} has ${data.length} bytes, not ${row.size}`);
+    fs.mkdirSync(this.dir, { recursive: true });
+    const tmp = `${file}.${process.pid}.${crypto.randomUUID()}.tmp`;
+    fs.writeFileSync(tmp, data);
+    fs.renameSync(tmp, file); // the same bytes whoever wins
+    return file;
+  }
+
+  /**
    * Checks and stores a bundle. The same version again is accepted when its worker is
    * identical (`created: false`), refused with ALREADY_EXISTS otherwise.
    */
@@ -181,16 +205,22 @@ export class Releases {
     }
     fs.rmSync(tmp, { force: true });
     try {
-      await this.db.insertInto('releases').values({
-        version: m.version,
-        sha256: m.sha256,
-        protocol: m.protocol,
-        manifest: JSON.stringify({ ...m, bundleSha256: b.bundleSha256 }),
-        path: file,
-        size: buf.length,
-        published_at: now,
-        published_by: by,
-      }).execute();
+      // the row and the bundle together: any server on this database can serve it
+      const insert = async (trx: Executor): Promise<void> => {
+        await trx.insertInto('releases').values({
+          version: m.version,
+          sha256: m.sha256,
+          protocol: m.protocol,
+          manifest: JSON.stringify({ ...m, bundleSha256: b.bundleSha256 }),
+          path: file,
+          size: buf.length,
+          published_at: now,
+          published_by: by,
+        }).execute();
+        await trx.insertInto('release_bundles').values({ version: m.version, data: buf }).execute();
+      };
+      if (this.db.isTransaction) await insert(this.db);
+      else await (this.db as Kysely<DB>).transaction().execute(insert);
     } catch (err) {
       // Two publishes of one version at once: the loser compares with the winner.
       const raced = await same();

@@ -202,6 +202,12 @@ export interface ReleasesTable {
   published_by: string;
 }
 
+/** a release's bundle, so that every server can serve it (migration 0006) */
+export interface ReleaseBundlesTable {
+  version: string;
+  data: Buffer;
+}
+
 export interface SequencesTable {
   name: string;
   value: number;
@@ -222,6 +228,7 @@ export interface DB {
   rings: RingsTable;
   ring_history: RingHistoryTable;
   releases: ReleasesTable;
+  release_bundles: ReleaseBundlesTable;
   sequences: SequencesTable;
 }
 

@@ -5,6 +5,7 @@ import * as engine from './0002-engine.js';
 import * as rings from './0003-rings.js';
 import * as engineSlots from './0004-engine-slots.js';
 import * as queueOrder from './0005-queue-order.js';
+import * as releaseBundles from './0006-release-bundles.js';
 
 type Up = (db: Kysely<any>, dialect: Dialect) => Promise<void>;
 
@@ -15,6 +16,7 @@ const ALL: Array<[string, Up]> = [
   ['0003-rings', rings.up],
   ['0004-engine-slots', engineSlots.up],
   ['0005-queue-order', queueOrder.up],
+  ['0006-release-bundles', releaseBundles.up],
 ];
 
 export function migrationsFor(dialect: Dialect): Record<string, Migration> {
