@@ -149,7 +149,9 @@ describe('shell handler', () => {
     runner.cancel(a.taskId, 1, 'stop');
     await waitFor(() => !runner.isRunning(a.taskId, 1), 10_000, 'task end');
     expect(Date.now() - t0).toBeLessThan(4000);
-    const result = spooledFrames(spool.get(a.taskId, 1)!).at(-1) as TaskResult;
+    const task = spool.get(a.taskId, 1)!;
+    await task.settled(); // the result is durable (spooled) only after the group sync
+    const result = spooledFrames(task).at(-1) as TaskResult;
     expect(result.status).toBe('Canceled');
   });
 
