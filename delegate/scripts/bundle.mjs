@@ -17,6 +17,8 @@
  *                                      self-checks pass, every http task fails with
  *                                      "Cannot find module" (the incident of issue 5)
  *   --fault crash-on-start             the worker exits 1 as soon as it starts
+ *   --fault crash-after-probation      the worker passes probation, then exits 1 a second
+ *                                      after it ends, and a second after every restart
  */
 import { createHash } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -29,7 +31,7 @@ import * as tar from 'tar';
 import { PROTOCOL_VERSION } from '@ferry/shared';
 
 const pkgDir = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const FAULTS = ['missing-lazy-http-module', 'crash-on-start'];
+const FAULTS = ['missing-lazy-http-module', 'crash-on-start', 'crash-after-probation'];
 const VERSION_RE = /^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$/;
 const USAGE = `usage: pnpm --filter @ferry/delegate bundle -- --version V [--out DIR] [--fault ${FAULTS.join('|')}]`;
 
@@ -77,6 +79,12 @@ try {
   ];
   if (faults.includes('crash-on-start')) {
     banner.push("process.stderr.write('ferry: FAULT INJECTION crash-on-start: this test bundle exits at once\\n'); process.exit(1);");
+  }
+  if (faults.includes('crash-after-probation')) {
+    banner.push(
+      "{ const crash = () => setTimeout(() => { process.stderr.write('ferry: FAULT INJECTION crash-after-probation: this test bundle exits now\\n'); process.exit(1); }, 1000);",
+      "  if (process.env.FERRY_PROBATION === '1') process.on('message', (m) => { if (m && m.type === 'probation.end') crash(); }); else crash(); }",
+    );
   }
   const plugins = [];
   if (faults.includes('missing-lazy-http-module')) {

@@ -24,6 +24,13 @@ export interface DelegateConfig {
   readonly reconnectMaxMs: number;
   /** how long a new version's worker has to connect and pass its self-checks (FERRY_PROBATION_TIMEOUT) */
   readonly probationTimeoutMs: number;
+  /**
+   * After an upgrade, this many unexpected worker exits within crashLoopWindowMs roll the
+   * delegate back to the version it came from (FERRY_CRASH_LOOP_EXITS, default 3)
+   */
+  readonly crashLoopExits: number;
+  /** how long after an upgrade its worker's crashes count (FERRY_CRASH_LOOP_WINDOW, default 10m) */
+  readonly crashLoopWindowMs: number;
 }
 
 export class ConfigError extends Error {
@@ -126,6 +133,8 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Del
     reconnectBaseMs: duration(internal('FERRY_RECONNECT_BASE'), '500ms', 1),
     reconnectMaxMs: duration(internal('FERRY_RECONNECT_MAX'), '30s', 1),
     probationTimeoutMs: duration(internal('FERRY_PROBATION_TIMEOUT'), '60s', 1),
+    crashLoopExits: int(internal('FERRY_CRASH_LOOP_EXITS'), 3, 1, 1000),
+    crashLoopWindowMs: duration(internal('FERRY_CRASH_LOOP_WINDOW'), '10m'),
   };
   if (cfg.reconnectMaxMs < cfg.reconnectBaseMs) {
     throw new ConfigError('FERRY_RECONNECT_MAX: must not be below FERRY_RECONNECT_BASE');

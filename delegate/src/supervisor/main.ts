@@ -73,6 +73,8 @@ export class Supervisor {
   private finish!: (code: number) => void;
   readonly done: Promise<number>;
   private restartTimer: NodeJS.Timeout | null = null;
+  /** after an upgrade: the version it came from, while the new one's crashes count */
+  private watch: { from: InstalledVersion; until: number; exits: number } | null = null;
   /** a worker whose exit the upgrade flow handles (no restart) */
   private flowOwned: WorkerHandle | null = null;
   private upgrading: UpgradeOffer | null = null;
@@ -291,6 +293,7 @@ export class Supervisor {
       }
       this.flowOwned = null;
       this.versions.setCurrent(target.version);
+      this.watch = { from, until: Date.now() + this.opts.config.crashLoopWindowMs, exits: 0 };
       const removed = this.versions.prune();
       if (removed.length > 0) log.info({ removed }, 'old versions removed');
       this.backoff.reset();
@@ -388,6 +391,7 @@ export class Supervisor {
       this.finish(EXIT_CONFIG);
       return;
     }
+    if (this.crashLoopRollback(e)) return;
     if (e.ranMs >= STABLE_RUN_MS) this.backoff.reset();
     const delayMs = this.backoff.next();
     log.error({ code: e.code, signal: e.signal, ranMs: e.ranMs, delayMs, version: this.running.version }, `worker exited unexpectedly; restarting in ${delayMs}ms`);
@@ -395,6 +399,33 @@ export class Supervisor {
       this.restartTimer = null;
       if (!this.stopRequested && !this.worker) this.startWorker();
     }, delayMs);
+  }
+
+  /**
+   * A version that passed probation but keeps crashing: after crashLoopExits unexpected
+   * exits within crashLoopWindowMs of the upgrade, the delegate goes back to the version it
+   * came from at once, marks the new one failed (not taken again) and reports it.
+   */
+  private crashLoopRollback(e: WorkerExit): boolean {
+    const w = this.watch;
+    if (!w) return false;
+    if (Date.now() > w.until) {
+      this.watch = null;
+      return false;
+    }
+    w.exits += 1;
+    if (w.exits < this.opts.config.crashLoopExits) return false;
+    this.watch = null;
+    const bad = this.running.version;
+    const reason = `crash loop after probation: the worker exited ${w.exits} times (last: ${e.signal ? `signal ${e.signal}` : `exit code ${e.code}`} after ${e.ranMs}ms)`;
+    this.opts.logger.error({ version: bad, back: w.from.version, exits: w.exits }, `${reason}; rolling back`);
+    this.versions.addFailed(bad, reason);
+    this.versions.setCurrent(w.from.version);
+    this.running = w.from;
+    this.backoff.reset();
+    this.startWorker(w.from);
+    this.report(bad, 'failed', `${reason}; rolled back to ${w.from.version}`);
+    return true;
   }
 
   /** SIGTERM/SIGINT: forwarded; the worker drains and exits, and so do we. */

@@ -42,6 +42,7 @@ describe('supervisor upgrades', () => {
     out = tempDir('ferry-bundles-');
     for (const v of ['1.0.0', '2.0.0', '3.0.0', '4.0.0']) b[v] = buildBundle(out.dir, v);
     b.crash = buildBundle(out.dir, '9.0.0-crash', 'crash-on-start');
+    b.crashLater = buildBundle(out.dir, '9.1.0-crash-later', 'crash-after-probation');
     // a bundle whose worker does not match its own manifest (as if altered after it was built)
     const x = join(out.dir, 'tampered');
     mkdirSync(x);
@@ -253,6 +254,27 @@ describe('supervisor upgrades', () => {
     await onVersion('1.0.0');
     expect(current()!.hello!.failedVersions).toBeUndefined();
     expect(await stop(p)).toBe(0);
+  }, 90_000);
+
+  it('a version that passes probation and then keeps crashing is rolled back to the one it came from', async () => {
+    const p = start({ FERRY_CRASH_LOOP_EXITS: '3', FERRY_CRASH_LOOP_WINDOW: '5m' });
+    await onVersion('0.1.0');
+    const bad = b.crashLater!;
+    offer(bad);
+    await waitState(bad.version, 'succeeded');
+    await waitState(bad.version, 'failed', 60_000);
+    expect(statuses(bad.version).find((s) => s.state === 'failed')!.error)
+      .toMatch(/crash loop after probation: the worker exited 3 times \(last: exit code 1 after \d+ms\); rolled back to 0\.1\.0/);
+    await onVersion('0.1.0');
+    expect(current()!.hello!.failedVersions).toEqual([bad.version]);
+    expect(readFileSync(join(tmp.dir, 'current'), 'utf8').trim()).toBe('0.1.0');
+    // restarted, it stays on the old version
+    expect(await stop(p)).toBe(0);
+    const before = conns.length;
+    const p2 = start();
+    await waitFor(() => conns.length > before && conns[conns.length - 1]!.hello !== null, 20_000, 'hello after restart');
+    expect(conns[conns.length - 1]!.hello).toMatchObject({ version: '0.1.0', failedVersions: [bad.version] });
+    expect(await stop(p2)).toBe(0);
   }, 90_000);
 
   it('a probation that never gets ready times out and rolls back', async () => {
