@@ -6,7 +6,8 @@
  * checks: execution, stage and step statuses, logs, who decided what.
  *
  * Scenarios use their own pipeline (so their own infrastructure mapping) and run
- * concurrently against one server and one delegate.
+ * concurrently against one server and one delegate. On SQLite here; engine-scenarios-pg
+ * runs them again on PostgreSQL (FERRY_SCENARIOS_DB=postgres).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -14,15 +15,18 @@ import {
   type FerryDelegate, type FerryServer,
 } from './support/processes.js';
 import { EngineClient, expectPairs, FAST_DELEGATE, Gate, stage, steps, userToken, type ExecDoc } from './engine-helpers.js';
+import { createDatabase, dropDatabase } from './support/postgres.js';
 
 useProcessGuard();
 
 let server: FerryServer;
 let delegate: FerryDelegate;
 let c: EngineClient;
+let database: string | undefined;
 
 beforeAll(async () => {
-  server = await startServer({ env: { FERRY_HEARTBEAT_INTERVAL: '1s' } });
+  if (process.env.FERRY_SCENARIOS_DB === 'postgres') database = await createDatabase({ prefix: 'scenarios' });
+  server = await startServer({ env: { FERRY_HEARTBEAT_INTERVAL: '1s' }, ...(database ? { databaseUrl: database } : {}) });
   delegate = startDelegate({ url: server.url, token: await createDelegateToken(server), name: 'engine-runner', capacity: 16, env: FAST_DELEGATE });
   await waitForDelegates(server, { names: ['engine-runner'] });
   c = new EngineClient(server);
@@ -31,6 +35,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await delegate?.stop();
   await server?.stop();
+  if (database) await dropDatabase(database);
 });
 
 const cli = (args: string[], token?: string) => ferryCli(args, { url: server.url, token: token ?? server.adminToken });
